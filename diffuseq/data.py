@@ -1,0 +1,161 @@
+"""Data: jsonl splits of ``{"src", "trg"}`` pairs turned into fixed-length ``src [SEP] trg`` sequences.
+
+``input_mask`` is 0 on the source and the joining ``[SEP]`` and 1 on the target
+and on all padding (the model generates the padding, which decides the length).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import UserError
+from .vocab import Vocabulary
+
+SPLITS = ("train", "valid", "test")
+# The shortest sequence holding one token per side: [CLS] a [SEP] [SEP] [CLS] b [SEP].
+MIN_SEQ_LEN = 7
+
+
+def read_jsonl_pairs(path: Path, max_examples: int | None = None) -> list[tuple[str, str]]:
+    """(src, trg) pairs of a jsonl file; a malformed line is a UserError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    pairs = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("src"), str) \
+                    or not isinstance(record.get("trg"), str):
+                raise UserError(f"{path}:{lineno}: a line needs string fields \"src\" and \"trg\"")
+            pairs.append((record["src"], record["trg"]))
+            if max_examples is not None and len(pairs) >= max_examples:
+                break
+    if not pairs:
+        raise UserError(f"{path} holds no examples")
+    return pairs
+
+
+def split_path(data_dir: Path, split: str) -> Path:
+    """``data_dir/<split>.jsonl``, with a clear error when the folder or split is missing."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data folder {data_dir} does not exist")
+    path = data_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise UserError(f"data folder {data_dir} has no {split}.jsonl")
+    return path
+
+
+def merge_and_mask(src: list[int], trg: list[int], sep_id: int, pad_id: int,
+                   seq_len: int) -> tuple[list[int], list[int]]:
+    """DiffuSeq's sequence: drop each side's end token, truncate the longer side until
+    ``len(src) + len(trg) <= seq_len - 3``, re-append the end token, join with ``[SEP]``, pad."""
+    end = src[-1]
+    src, trg = src[:-1], trg[:-1]
+    while len(src) + len(trg) > seq_len - 3:
+        if len(src) > len(trg):
+            src.pop()
+        elif len(src) < len(trg):
+            trg.pop()
+        else:
+            src.pop()
+            trg.pop()
+    src.append(end)
+    trg.append(end)
+    ids = src + [sep_id] + trg
+    mask = [0] * (len(src) + 1)
+    return ids + [pad_id] * (seq_len - len(ids)), mask + [1] * (seq_len - len(mask))
+
+
+@dataclass
+class Seq2SeqData:
+    """All examples of one split as tensors: ``input_ids`` and ``input_mask`` [N, seq_len]."""
+
+    input_ids: torch.Tensor
+    input_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.size(0)
+
+
+def encode_pairs(pairs: list[tuple[str, str]], vocab: Vocabulary, seq_len: int) -> Seq2SeqData:
+    """Tokenise and merge pairs into tensors."""
+    if seq_len < MIN_SEQ_LEN:
+        raise UserError(f"--seq_len {seq_len} is too small: it must hold at least one token of source and of "
+                        f"target with their start/end tokens and the [SEP] ({MIN_SEQ_LEN})")
+    if seq_len > 512:
+        raise UserError(f"--seq_len {seq_len} exceeds the model's 512 positions")
+    src_ids = vocab.encode_batch([src for src, _ in pairs])
+    trg_ids = vocab.encode_batch([trg for _, trg in pairs])
+    merged = [merge_and_mask(s, t, vocab.sep_id, vocab.pad_id, seq_len) for s, t in zip(src_ids, trg_ids)]
+    return Seq2SeqData(torch.tensor([ids for ids, _ in merged], dtype=torch.long),
+                       torch.tensor([mask for _, mask in merged], dtype=torch.long))
+
+
+def load_split(data_dir: Path, split: str, vocab: Vocabulary, seq_len: int,
+               max_examples: int | None = None) -> Seq2SeqData:
+    """Read and encode ``data_dir/<split>.jsonl``."""
+    return encode_pairs(read_jsonl_pairs(split_path(data_dir, split), max_examples), vocab, seq_len)
+
+
+class BatchStream:
+    """An endless, resumable stream of this rank's batches.
+
+    Each epoch is a permutation of the examples drawn from ``seed + epoch``; a
+    global batch takes the next ``global_batch`` indices (wrapping into the next
+    epoch) and rank r keeps its slice. The position (epoch, offset) is the whole
+    state, so a resumed run sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, data: Seq2SeqData, global_batch: int, rank: int, world_size: int, seed: int) -> None:
+        if global_batch % world_size:
+            raise UserError(f"--bsz {global_batch} is not divisible by the {world_size} processes")
+        self.data = data
+        self.global_batch = global_batch
+        self.local_batch = global_batch // world_size
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+        self.offset = 0
+        self._perm: torch.Tensor | None = None
+
+    def _permutation(self) -> torch.Tensor:
+        if self._perm is None:
+            gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            self._perm = torch.randperm(len(self.data), generator=gen)
+        return self._perm
+
+    def _next_indices(self) -> torch.Tensor:
+        chunks, need = [], self.global_batch
+        while need:
+            perm = self._permutation()
+            take = perm[self.offset:self.offset + need]
+            chunks.append(take)
+            need -= len(take)
+            self.offset += len(take)
+            if self.offset >= len(perm):
+                self.epoch, self.offset, self._perm = self.epoch + 1, 0, None
+        idx = torch.cat(chunks)
+        return idx[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            idx = self._next_indices()
+            yield self.data.input_ids[idx], self.data.input_mask[idx]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset, self._perm = int(state["epoch"]), int(state["offset"]), None

@@ -1,0 +1,175 @@
+"""Decoding: the reverse process from noise to text, with respacing, clamping and per-example noise.
+
+``DiffusionSampler`` follows the diffusers scheduler shape: built from a config
+dict (saved beside the outputs), ``set_timesteps(respacing)`` chooses the
+steps, ``step(...)`` makes one reverse step. ``denoise`` runs the loop on a
+batch; ``decode_examples`` turns a split into text.
+
+Every random draw of an example comes from its own generator, seeded by
+(seed, example index), so an example decodes to the same text whatever the
+batch size, the batching or the number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .gaussian_diffusion import GaussianDiffusion
+from .respace import respaced_diffusion, space_timesteps
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SamplerConfig:
+    """Everything that defines the reverse process of a decode."""
+
+    num_train_timesteps: int = 2000
+    noise_schedule: str = "sqrt"
+    respacing: str = ""
+    eta: float = -1.0
+    clamp_step: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SamplerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class DiffusionSampler:
+    """DDPM (``eta < 0``) or DDIM (``eta >= 0``) reverse steps over a respaced process.
+
+    Clamping: with ``clamp_step == 0`` (DiffuSeq's default) the x_0 prediction is
+    replaced by its nearest word embedding at every step; with ``clamp_step = K > 0``
+    only at steps whose original timestep is below K.
+    """
+
+    def __init__(self, config: SamplerConfig) -> None:
+        self.config = config
+        self.base = GaussianDiffusion.from_schedule(config.noise_schedule, config.num_train_timesteps)
+        self.set_timesteps(config.respacing)
+
+    @classmethod
+    def from_config(cls, values: dict) -> "DiffusionSampler":
+        return cls(SamplerConfig.from_dict(values))
+
+    def set_timesteps(self, respacing: str) -> None:
+        """Keep the steps named by ``respacing`` (``""``, ``N``, ``a,b,c``, ``ddimN``, ``adp_N``)."""
+        kept = space_timesteps(self.config.num_train_timesteps, respacing)
+        self.config.respacing = respacing
+        self.process = respaced_diffusion(self.base, kept)
+        self.timesteps = list(range(self.process.num_timesteps - 1, -1, -1))
+
+    @property
+    def num_steps(self) -> int:
+        return self.process.num_timesteps
+
+    def model_timesteps(self, index: int, batch: int, device: torch.device) -> torch.Tensor:
+        """The float timesteps the network sees at respaced step ``index``."""
+        return self.process.scale_timesteps(torch.full((batch,), index, dtype=torch.long, device=device))
+
+    def clamps_at(self, index: int) -> bool:
+        """Whether the x_0 prediction is clamped at respaced step ``index``."""
+        return self.config.clamp_step <= 0 or int(self.process.timestep_map[index]) < self.config.clamp_step
+
+    def step(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_{t-1} from x_t and the (possibly clamped) x_0 prediction at respaced step ``index``."""
+        t = torch.full((x_t.size(0),), index, dtype=torch.long, device=x_t.device)
+        if self.config.eta >= 0:
+            return self.process.ddim_step(x_t, t, pred_x0, noise, eta=self.config.eta)
+        return self.process.ddpm_step(x_t, t, pred_x0, noise)
+
+
+class NearestEmbedding:
+    """Replace vectors by their nearest vocabulary embedding (L2), without a [V x N x d] tensor.
+
+    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): one matmul and an argmin.
+    """
+
+    def __init__(self, embeddings: torch.Tensor) -> None:
+        self.embeddings = embeddings
+        self.sq_norms = embeddings.float().pow(2).sum(-1).to(embeddings.dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1)).to(self.embeddings.dtype)
+        scores = torch.addmm(self.sq_norms.unsqueeze(0), flat, self.embeddings.t(), alpha=-2.0)
+        return self.embeddings[scores.argmin(dim=-1)].reshape(x.shape).to(x.dtype)
+
+
+class ExampleNoise:
+    """Gaussian noise drawn from one generator per example, seeded by (seed, example index)."""
+
+    def __init__(self, seed: int, indices: Iterable[int], shape: tuple[int, ...], device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.generators = [torch.Generator().manual_seed((seed * 1_000_003 + int(i)) % (2**63 - 1)) for i in indices]
+        self.shape, self.device, self.dtype = shape, device, dtype
+
+    def draw(self) -> torch.Tensor:
+        """The next draw of every example, stacked into [B, *shape]."""
+        noise = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return noise.to(self.device, self.dtype)
+
+
+def denoise(model: nn.Module, sampler: DiffusionSampler, x_start: torch.Tensor, mask: torch.Tensor,
+            noise: ExampleNoise, clamp: NearestEmbedding | None, timings: dict[str, float] | None = None,
+            ) -> torch.Tensor:
+    """Run the reverse process on a batch; source positions (``mask == 0``) stay ``x_start``.
+
+    Returns x_0 after the last step. ``timings`` (if given) accumulates the seconds
+    spent in the network and in clamping.
+    """
+    keep = mask.unsqueeze(-1).bool()
+    x = torch.where(keep, noise.draw(), x_start)
+    target_rows = mask.bool().reshape(-1)
+    for index in sampler.timesteps:
+        started = time.perf_counter()
+        pred_x0 = model(x, sampler.model_timesteps(index, x.size(0), x.device))
+        if timings is not None:
+            _sync(x.device)
+            timings["network"] = timings.get("network", 0.0) + time.perf_counter() - started
+        if clamp is not None and sampler.clamps_at(index):
+            started = time.perf_counter()
+            flat = pred_x0.reshape(-1, pred_x0.size(-1)).clone()
+            flat[target_rows] = clamp(flat[target_rows])
+            pred_x0 = flat.view_as(pred_x0)
+            if timings is not None:
+                _sync(x.device)
+                timings["clamp"] = timings.get("clamp", 0.0) + time.perf_counter() - started
+        x = sampler.step(pred_x0.to(x.dtype), index, x, noise.draw() if index > 0 else torch.zeros_like(x))
+        x = torch.where(keep, x, x_start)
+    return x
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str) -> str:
+    """Reconcile ``--step`` with the model's T and ``--decode_respacing``; return the respacing to use.
+
+    ``--step T`` (or none) keeps the respacing; ``--step S < T`` without a respacing
+    means S evenly spaced steps; anything else conflicts and is an error.
+    """
+    if step is None or step == num_train_timesteps:
+        return respacing
+    if step > num_train_timesteps or step < 1:
+        raise UserError(f"--step {step} is outside the model's 1..{num_train_timesteps} diffusion steps")
+    if respacing:
+        raise UserError(f"--step {step} conflicts with --decode_respacing {respacing!r}: the model has "
+                        f"T = {num_train_timesteps}; pass --step {num_train_timesteps} with a respacing, "
+                        f"or --step S alone for S evenly spaced steps")
+    logger.info("--step %d < T = %d: decoding with %d evenly spaced steps (respacing %r)", step,
+                num_train_timesteps, step, str(step))
+    return str(step)

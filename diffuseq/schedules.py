@@ -1,0 +1,44 @@
+"""Noise schedules: the betas of the forward process for T steps (pure numpy).
+
+* ``sqrt`` (Diffusion-LM / DiffuSeq): alpha_bar(s) = 1 - sqrt(s + 1e-4).
+* ``linear`` (DDPM, rescaled to T as in improved-DDPM).
+* ``cosine`` (improved-DDPM): alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from .errors import UserError
+
+NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
+MAX_BETA = 0.999
+
+
+def betas_for_alpha_bar(num_steps: int, alpha_bar: Callable[[float], float], max_beta: float = MAX_BETA) -> np.ndarray:
+    """Discretise a continuous alpha_bar(s), s in [0, 1], into ``num_steps`` betas.
+
+    beta_i = min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta).
+    """
+    betas = []
+    for i in range(num_steps):
+        s1, s2 = i / num_steps, (i + 1) / num_steps
+        betas.append(min(1 - alpha_bar(s2) / alpha_bar(s1), max_beta))
+    return np.array(betas, dtype=np.float64)
+
+
+def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
+    """Return the float64 betas of schedule ``name`` for ``num_steps`` diffusion steps."""
+    if num_steps < 1:
+        raise UserError(f"the number of diffusion steps must be positive, got {num_steps}")
+    if name == "sqrt":
+        return betas_for_alpha_bar(num_steps, lambda s: 1 - math.sqrt(s + 0.0001))
+    if name == "linear":
+        scale = 1000 / num_steps
+        return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
+    if name == "cosine":
+        return betas_for_alpha_bar(num_steps, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
+    raise UserError(f"unknown noise schedule {name!r}; choose one of {', '.join(NOISE_SCHEDULES)}")

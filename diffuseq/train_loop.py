@@ -1,0 +1,483 @@
+"""The training loop: data, model, optimizer, EMA, checkpoints and logging, read top to bottom.
+
+``train(cfg)`` runs one process of a (possibly distributed) run. Under
+``torchrun`` every process calls it; the model is wrapped in DDP, each rank
+takes its slice of every global batch, and rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import checkpoint as ckpt
+from . import dist_util
+from .config import TrainConfig
+from .data import BatchStream, load_split, read_jsonl_pairs, split_path
+from .errors import UserError
+from .gaussian_diffusion import GaussianDiffusion
+from .losses import DistancePenalty, diffuseq_losses, distance_penalty_losses, unwrap
+from .model import TransformerNetModel
+from .step_sample import ScheduleSampler, create_named_schedule_sampler
+from .vocab import Vocabulary, build_vocab, load_vocab_from
+
+logger = logging.getLogger(__name__)
+VALID_EXAMPLES = 256
+
+
+def create_model(cfg: TrainConfig, vocab_size: int) -> TransformerNetModel:
+    """The denoiser described by ``cfg``."""
+    return TransformerNetModel(vocab_size, hidden_dim=cfg.hidden_dim, hidden_t_dim=cfg.hidden_t_dim,
+                               dropout=cfg.dropout, encoder=cfg.encoder_config())
+
+
+def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a DiffuSeq-layout state dict, with one clear message on any key or shape mismatch."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source} is not a model state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and k != "position_ids"]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise UserError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if wrong:
+        hint = ""
+        if wrong[0].startswith("word_embedding"):
+            hint = " (vocabulary size or --hidden_dim differ)"
+        raise UserError(f"{source} does not fit this model{hint}: {wrong[0]}")
+    model.load_state_dict(state, strict=False)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG of this process, in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:]))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Trainer:
+    """One process of a training run: owns the model, optimizer, EMA, sampler and data stream."""
+
+    def __init__(self, cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary, device: torch.device) -> None:
+        self.cfg = cfg
+        self.dir = checkpoint_dir
+        self.vocab = vocab
+        self.device = device
+        self.rank, self.world = dist_util.rank(), dist_util.world_size()
+        self.is_main = self.rank == 0
+
+        train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len)
+        self.valid = load_split(Path(cfg.data_dir), "valid", vocab, cfg.seq_len, max_examples=VALID_EXAMPLES)
+        self.stream = BatchStream(train, cfg.batch_size, self.rank, self.world, cfg.seed)
+        self.batches = iter(self.stream)
+        self.microbatch = self.stream.local_batch if cfg.microbatch <= 0 else min(cfg.microbatch,
+                                                                                 self.stream.local_batch)
+
+        self.diffusion = GaussianDiffusion.from_schedule(cfg.noise_schedule, cfg.diffusion_steps)
+        self.sampler: ScheduleSampler = create_named_schedule_sampler(cfg.schedule_sampler, cfg.diffusion_steps)
+        self.penalty = (DistancePenalty.create(cfg.simi_penalty, cfg.simi_lambda, self.diffusion, cfg.simi_step,
+                                               cfg.simi_noise) if cfg.simi_penalty else None)
+
+        _seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.model = create_model(cfg, vocab.size).to(device)
+        self.params = list(self.model.parameters())
+        self.ema_rates = cfg.ema_rates()
+        self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+
+        precision = cfg.precision
+        if cfg.use_fp16 and precision == "fp32":
+            precision = "fp16" if device.type == "cuda" else "bf16"
+        if precision == "fp16" and device.type != "cuda":
+            logger.warning("fp16 autocast needs CUDA; using bf16 on %s", device.type)
+            precision = "bf16"
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+        self.bad_steps_in_row = 0
+        self.bad_steps_total = 0
+        self.stop_requested = False
+        self.loss_fn: Callable[..., dict[str, torch.Tensor]] = self._losses
+        _seed_everything(cfg.seed * 1000 + self.rank)  # per-rank training randomness
+
+    # -- loading ------------------------------------------------------------
+
+    def load(self, path: Path) -> None:
+        """Start from ``modelK.pt`` (or ``ema_<rate>_K.pt``) with whatever state lies beside it."""
+        step = ckpt.parse_step(path)
+        folder = path.parent
+        load_model_weights(self.model, ckpt.safe_load(path), path)
+        args_file = folder / "training_args.json"
+        if args_file.is_file():
+            saved = TrainConfig.load(args_file)
+            for name in ("seq_len", "hidden_dim", "hidden_t_dim"):
+                if getattr(saved, name) != getattr(self.cfg, name):
+                    raise UserError(f"--{name} {getattr(self.cfg, name)} does not match the checkpoint's "
+                                    f"{getattr(saved, name)} ({args_file})")
+        with torch.no_grad():
+            for rate in self.ema_rates:
+                ema_file = folder / ckpt.ema_name(rate, step)
+                if ema_file.is_file() and ema_file != path:
+                    ema_model = create_model(self.cfg, self.vocab.size)
+                    load_model_weights(ema_model, ckpt.safe_load(ema_file), ema_file)
+                    for dst, src in zip(self.ema[rate], ema_model.parameters()):
+                        dst.copy_(src)
+                else:
+                    for dst, src in zip(self.ema[rate], self.params):
+                        dst.copy_(src)
+        opt_file = folder / ckpt.opt_name(step)
+        if opt_file.is_file():
+            try:
+                self.opt.load_state_dict(ckpt.safe_load(opt_file))
+            except (ValueError, KeyError) as err:
+                raise UserError(f"{opt_file} does not fit this model's optimizer: {err}") from None
+        state_file = folder / ckpt.trainstate_name(step)
+        if state_file.is_file():
+            state = ckpt.safe_load(state_file)
+            self.stream.load_state_dict(state["data"])
+            self.sampler.load_state_dict(state["sampler"])
+            self.bad_steps_total = int(state.get("bad_steps_total", 0))
+            if len(state["rng"]) == self.world:
+                _set_rng_state(state["rng"][self.rank])
+            else:
+                logger.warning("checkpoint was written by %d processes, this run has %d: RNGs re-seeded",
+                               len(state["rng"]), self.world)
+                _seed_everything(self.cfg.seed * 1000 + self.rank + step)
+        else:
+            _seed_everything(self.cfg.seed * 1000 + self.rank + step)
+        self.step = step
+        if self.is_main:
+            logger.info("resumed from %s at step %d", path, step)
+
+    # -- saving -------------------------------------------------------------
+
+    def _state_dict_with(self, values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's state dict with ``values`` in place of its parameters (tied weights stay tied)."""
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        by_id = {id(p): v for p, v in zip(self.params, values)}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            state[name] = by_id[id(param)].detach().cpu().clone()
+        return state
+
+    def save(self) -> None:
+        """Write the checkpoint of the current step (rank 0), the train state marker last."""
+        rngs = dist_util.all_gather_objects(_rng_state())
+        if not self.is_main:
+            dist_util.barrier()
+            return
+        files = {ckpt.model_name(self.step): self._state_dict_with(self.params)}
+        for rate in self.ema_rates:
+            files[ckpt.ema_name(rate, self.step)] = self._state_dict_with(self.ema[rate])
+        files[ckpt.opt_name(self.step)] = self.opt.state_dict()
+        for name, obj in files.items():
+            ckpt.atomic_save(obj, self.dir / name)
+        marker = {"step": self.step, "data": self.stream.state_dict(), "sampler": self.sampler.state_dict(),
+                  "rng": rngs, "bad_steps_total": self.bad_steps_total,
+                  "files": {name: (self.dir / name).stat().st_size for name in files}}
+        ckpt.atomic_save(marker, self.dir / ckpt.trainstate_name(self.step))
+        logger.info("saved checkpoint %s", self.dir / ckpt.model_name(self.step))
+        dist_util.barrier()
+
+    # -- one step -----------------------------------------------------------
+
+    def _losses(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
+                with_nll: bool) -> dict[str, torch.Tensor]:
+        if self.penalty is None:
+            return diffuseq_losses(model, self.diffusion, ids, mask, t, with_nll=with_nll)
+        return distance_penalty_losses(model, self.diffusion, self.penalty, ids, mask, t, with_nll=with_nll)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, ddp_model: nn.Module, with_nll: bool) -> dict[str, torch.Tensor] | None:
+        """Forward/backward over the microbatches of one batch, then one optimizer step.
+
+        Returns the batch-mean loss terms, or None when the step was skipped for a
+        non-finite gradient.
+        """
+        ids, mask = next(self.batches)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        local = ids.size(0)
+        totals: dict[str, torch.Tensor] = {}
+        self.opt.zero_grad(set_to_none=True)
+        for start in range(0, local, self.microbatch):
+            micro_ids, micro_mask = ids[start:start + self.microbatch], mask[start:start + self.microbatch]
+            t, weights = self.sampler.sample(micro_ids.size(0), self.device)
+            last = start + self.microbatch >= local
+            sync = nullcontext() if last or not isinstance(ddp_model, DDP) else ddp_model.no_sync()
+            with sync:
+                with self._autocast():
+                    terms = self.loss_fn(ddp_model, micro_ids, micro_mask, t, with_nll and start == 0)
+                self.sampler.update(t, terms["loss"])
+                loss = (terms["loss"] * weights).mean() * (micro_ids.size(0) / local)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            for key, value in terms.items():
+                share = 1.0 if key == "nll" else micro_ids.size(0) / local
+                totals[key] = totals.get(key, 0.0) + value.detach().float().mean() * share
+
+        if self.scaler:
+            self.scaler.unscale_(self.opt)
+        max_norm = self.cfg.gradient_clipping if self.cfg.gradient_clipping > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if not torch.isfinite(grad_norm):
+            self.opt.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.update()
+            return None
+        for group in self.opt.param_groups:
+            group["lr"] = self.cfg.lr * (1 - self.step / self.cfg.learning_steps)
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        with torch.no_grad():
+            for rate in self.ema_rates:
+                torch._foreach_lerp_(self.ema[rate], [p.detach() for p in self.params], 1 - float(rate))
+        self.step += 1
+        totals["grad_norm"] = grad_norm.detach()
+        return totals
+
+    @torch.no_grad()
+    def validation_loss(self) -> dict[str, float]:
+        """Loss terms on a fixed slice of the validation split, without touching the training RNG."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            for start in range(0, len(self.valid), self.microbatch):
+                ids = self.valid.input_ids[start:start + self.microbatch].to(self.device)
+                mask = self.valid.input_mask[start:start + self.microbatch].to(self.device)
+                t = torch.randint(0, self.diffusion.num_timesteps, (ids.size(0),), device=self.device)
+                with self._autocast():
+                    terms = self._losses(self.model, ids, mask, t, with_nll=True)
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.float().sum())
+        self.model.train()
+        return {key: value / len(self.valid) for key, value in sums.items()}
+
+    # -- the loop -----------------------------------------------------------
+
+    def _request_stop(self, signum: int, _frame: Any) -> None:
+        self.stop_requested = True
+        logger.warning("received signal %d: saving a checkpoint and stopping", signum)
+
+    def _agree_to_stop(self) -> bool:
+        if not dist_util.is_distributed():
+            return self.stop_requested
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def run(self) -> None:
+        """Train until ``learning_steps``; save every ``save_interval`` steps, at the end and on SIGTERM/SIGINT."""
+        cfg = self.cfg
+        ddp_model: nn.Module = self.model
+        if self.world > 1:
+            ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.step >= cfg.learning_steps:
+            raise UserError(f"the checkpoint is at step {self.step}, not below --learning_steps "
+                            f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        wandb_run = _maybe_wandb(cfg) if self.is_main else None
+        bar = _progress(self.step, cfg.learning_steps) if self.is_main else None
+        window: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        try:
+            self.model.train()
+            while self.step < cfg.learning_steps:
+                log_now = (self.step + 1) % cfg.log_interval == 0
+                terms = self.train_step(ddp_model, with_nll=log_now)
+                if terms is None:
+                    self.bad_steps_in_row += 1
+                    self.bad_steps_total += 1
+                    logger.warning("non-finite loss or gradient at step %d: step skipped (%d in a row)",
+                                   self.step, self.bad_steps_in_row)
+                    if self.bad_steps_in_row >= cfg.max_bad_steps:
+                        raise UserError(f"{self.bad_steps_in_row} steps in a row had a non-finite loss or "
+                                        f"gradient; stopped at step {self.step} (the last checkpoint is intact; "
+                                        f"lower --lr or enable --gradient_clipping)")
+                    continue
+                self.bad_steps_in_row = 0
+                window_steps += 1
+                for key, value in terms.items():
+                    if key != "nll":
+                        window[key] = window.get(key, 0.0) + value
+                if bar is not None:
+                    bar.update(1)
+                if log_now:
+                    self._log(window, window_steps, time.perf_counter() - window_start, terms.get("nll"), wandb_run)
+                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                if cfg.eval_interval > 0 and self.step % cfg.eval_interval == 0:
+                    valid = self.validation_loss()
+                    if self.is_main:
+                        logger.info("step %d validation: %s", self.step,
+                                    " ".join(f"{k} {v:.4f}" for k, v in sorted(valid.items())))
+                        if wandb_run is not None:
+                            wandb_run.log({f"valid/{k}": v for k, v in valid.items()}, step=self.step)
+                if self.step % cfg.save_interval == 0 or self.step == cfg.learning_steps:
+                    self.save()
+                if self._agree_to_stop():
+                    if self.step % cfg.save_interval and self.step != cfg.learning_steps:
+                        self.save()
+                    logger.warning("stopped at step %d on request; resume with --resume_checkpoint %s",
+                                   self.step, self.dir / ckpt.model_name(self.step))
+                    break
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if bar is not None:
+                bar.close()
+            if wandb_run is not None:
+                wandb_run.finish()
+
+    def _log(self, window: dict[str, torch.Tensor], steps: int, seconds: float, nll: torch.Tensor | None,
+             wandb_run: Any) -> None:
+        keys = sorted(window)
+        values = dist_util.all_reduce_mean(torch.stack([torch.as_tensor(window[k], dtype=torch.float32,
+                                                                         device=self.device) for k in keys]))
+        means = {k: float(v) / steps for k, v in zip(keys, values.cpu())}
+        if nll is not None:
+            means["nll"] = float(dist_util.all_reduce_mean(nll.float().reshape(1)).cpu())
+        if not self.is_main:
+            return
+        samples_per_s = steps * self.cfg.batch_size / max(seconds, 1e-9)
+        lr = self.opt.param_groups[0]["lr"]
+        logger.info("step %d | %s | lr %.3g | %.1f samples/s", self.step,
+                    " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, samples_per_s)
+        if wandb_run is not None:
+            wandb_run.log({**{f"train/{k}": v for k, v in means.items()}, "lr": lr, "samples_per_s": samples_per_s},
+                          step=self.step)
+
+
+def _progress(start: int, total: int):
+    """A tqdm bar on an interactive terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _maybe_wandb(cfg: TrainConfig) -> Any:
+    """A Weights & Biases run when asked (``--wandb`` or ``WANDB_MODE`` set), else None."""
+    if not cfg.wandb and not os.environ.get("WANDB_MODE"):
+        return None
+    if os.environ.get("WANDB_MODE") == "disabled" and not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        if cfg.wandb:
+            raise UserError("--wandb needs the wandb package: pip install wandb") from None
+        return None
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "diffuseq-bridge"), config=vars(cfg),
+                      name=cfg.notes or None)
+
+
+def _resolve_resume(cfg: TrainConfig, checkpoint_dir: Path) -> Path | None:
+    """The checkpoint to start from: the flag's path, 'auto', or the newest complete one in the folder."""
+    if cfg.resume_checkpoint and cfg.resume_checkpoint != "auto":
+        path = Path(cfg.resume_checkpoint)
+        if path.is_dir():
+            found = ckpt.latest_checkpoint(path)
+            if found is None:
+                raise UserError(f"--resume_checkpoint {path}: the folder holds no complete checkpoint")
+            return found
+        if not path.is_file():
+            raise UserError(f"--resume_checkpoint {path} does not exist")
+        ckpt.parse_step(path)
+        return path
+    found = ckpt.latest_checkpoint(checkpoint_dir)
+    if cfg.resume_checkpoint == "auto" and found is None:
+        logger.info("--resume_checkpoint auto: no complete checkpoint in %s, starting from scratch", checkpoint_dir)
+    return found
+
+
+def _prepare_vocab(cfg: TrainConfig, checkpoint_dir: Path, resume: Path | None) -> Vocabulary:
+    """The run's vocabulary, saved into the checkpoint folder by rank 0; other ranks read that copy."""
+    if dist_util.rank() == 0:
+        if resume is not None and ((resume.parent / "vocab.txt").is_file() or (resume.parent / "vocab.json").is_file()):
+            vocab = load_vocab_from(resume.parent)
+        elif (checkpoint_dir / "vocab.txt").is_file() or (checkpoint_dir / "vocab.json").is_file():
+            vocab = load_vocab_from(checkpoint_dir)
+        else:
+            texts = (text for pair in read_jsonl_pairs(split_path(Path(cfg.data_dir), "train")) for text in pair)
+            vocab = build_vocab(cfg.vocab, texts, cfg.vocab_size, checkpoint_dir)
+        if not ((checkpoint_dir / "vocab.txt").is_file() or (checkpoint_dir / "vocab.json").is_file()):
+            vocab.save(checkpoint_dir)
+    dist_util.barrier()
+    return load_vocab_from(checkpoint_dir)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training in this process (one rank of a distributed run); return the checkpoint folder."""
+    device = dist_util.setup()
+    try:
+        split_path(Path(cfg.data_dir), "train")
+        split_path(Path(cfg.data_dir), "valid")
+        folder = cfg.checkpoint_path or cfg.default_checkpoint_path()
+        checkpoint_dir = Path(dist_util.broadcast_object(folder))
+        if dist_util.rank() == 0:
+            try:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"cannot create checkpoint folder {checkpoint_dir}: {err.strerror}") from None
+            if not os.access(checkpoint_dir, os.W_OK):
+                raise UserError(f"checkpoint folder {checkpoint_dir} is not writable")
+        dist_util.barrier()
+        resume = _resolve_resume(cfg, checkpoint_dir)
+        vocab = _prepare_vocab(cfg, checkpoint_dir, resume)
+        cfg.vocab_size = vocab.size
+        cfg.checkpoint_path = str(checkpoint_dir)
+        if dist_util.rank() == 0:
+            ckpt.atomic_write_text(cfg.to_json(), checkpoint_dir / "training_args.json")
+            logger.info("checkpoints go to %s (vocabulary of %d entries)", checkpoint_dir, vocab.size)
+        trainer = Trainer(cfg, checkpoint_dir, vocab, device)
+        if resume is not None:
+            trainer.load(resume)
+        n_params = sum(p.numel() for p in trainer.params)
+        if dist_util.rank() == 0:
+            logger.info("model: %.2fM parameters, %s; %d process(es), batch %d per process in microbatches of %d",
+                        n_params / 1e6, cfg.encoder_config(), dist_util.world_size(), trainer.stream.local_batch,
+                        trainer.microbatch)
+        trainer.run()
+        return checkpoint_dir
+    finally:
+        dist_util.cleanup()

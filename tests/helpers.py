@@ -1,0 +1,61 @@
+"""Shared test helpers: tiny datasets and tiny training configurations."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = "the cat sat on a mat dog ran to big red house small blue car green tree old man sea".split()
+
+
+def write_pairs(path: Path, pairs: list[tuple[str, str]]) -> None:
+    path.write_text("".join(json.dumps({"src": s, "trg": t}) + "\n" for s, t in pairs))
+
+
+def make_toy_dataset(folder: Path, n_train: int = 64, n_valid: int = 16, n_test: int = 16, seed: int = 0) -> Path:
+    """A word-order task: the source is the target's words shuffled."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        pairs = []
+        for _ in range(n):
+            trg = rng.sample(WORDS, rng.randint(3, 5))
+            src = trg[:]
+            rng.shuffle(src)
+            pairs.append((" ".join(src), " ".join(trg)))
+        write_pairs(folder / f"{split}.jsonl", pairs)
+    return folder
+
+
+def tiny_args(data_dir: Path, checkpoint: Path, **overrides: object) -> list[str]:
+    """run_train.py flags for a model that trains in seconds on a CPU."""
+    flags: dict[str, object] = dict(
+        data_dir=data_dir, checkpoint_path=checkpoint, vocab="train", vocab_size=200, seq_len=16, num_layers=2,
+        hidden_size=32, num_heads=2, intermediate_size=64, hidden_dim=16, hidden_t_dim=16, diff_steps=100, bsz=16,
+        microbatch=8, learning_steps=20, save_interval=10, log_interval=5, eval_interval=10, lr=1e-3, seed=3)
+    flags.update(overrides)
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
+def run_script(script: str, args: list[str], launcher: list[str] | None = None, timeout: int = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run one of the repository's scripts in a fresh interpreter."""
+    cmd = (launcher or [sys.executable]) + [str(ROOT / script)] + args
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+                **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A non-zero exit with a short 'error:' message and no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
