@@ -1,0 +1,85 @@
+"""Neighbour timesteps for the Distance Penalty (pure functions of the schedule).
+
+For an example at step t the penalty compares the predictions at t and at a
+neighbour t':
+
+* ``l2`` / ``cosine`` / ``kl``: t' = t +- ``simi_step`` (direction 50/50), clamped to
+  [0, T-1]; the penalty is off where t' lands on 0 or T-1.
+* ``l2_noise``: a direction (down/up, 50/50), then the farthest step on that side whose
+  noise level sigma = sqrt(1 - alpha_bar) is within ``simi_noise`` of t's.
+* ``l2_noise_random`` (the paper's setting): same direction, then t' uniform among the
+  steps on that side inside the window, t excluded.
+
+For the noise variants the penalty is off (t' = t) where the drawn side holds no
+step besides t, or where the window reaches the end of the schedule on that side.
+The windows are computed once per schedule; sampling is vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+VARIANTS = ("l2", "cosine", "kl", "l2_noise", "l2_noise_random")
+
+
+def noise_windows(alphas_cumprod: np.ndarray, simi_noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """lo[t], hi[t]: the smallest / largest step whose noise level is within ``simi_noise`` of step t's.
+
+    The noise level sqrt(1 - alpha_bar) is nondecreasing in t, so the window is contiguous
+    and found by binary search.
+    """
+    sigma = np.sqrt(1.0 - np.asarray(alphas_cumprod, dtype=np.float64))
+    if np.any(np.diff(sigma) < 0):
+        raise UserError("the noise level of this schedule is not monotone; noise windows are undefined")
+    steps = np.arange(len(sigma))
+    lo = np.searchsorted(sigma, sigma - simi_noise, side="left")
+    hi = np.searchsorted(sigma, sigma + simi_noise, side="right") - 1
+    return np.minimum(lo, steps).astype(np.int64), np.maximum(hi, steps).astype(np.int64)
+
+
+class NeighbourSampler:
+    """Draws t' for a batch of t; ``sample`` returns (t', active)."""
+
+    def __init__(self, variant: str, alphas_cumprod: np.ndarray, simi_step: int = 10,
+                 simi_noise: float = 0.05) -> None:
+        if variant not in VARIANTS:
+            raise UserError(f"unknown distance penalty {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if variant in ("l2", "cosine", "kl") and simi_step < 1:
+            raise UserError(f"--simi_step must be positive, got {simi_step}")
+        if variant.startswith("l2_noise") and simi_noise <= 0:
+            raise UserError(f"--simi_noise must be positive, got {simi_noise}")
+        self.variant = variant
+        self.num_timesteps = len(alphas_cumprod)
+        self.simi_step = simi_step
+        lo, hi = noise_windows(alphas_cumprod, simi_noise)
+        self._windows = {"cpu": (torch.from_numpy(lo), torch.from_numpy(hi))}
+
+    def windows(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (lo, hi) tables on ``device`` (moved once)."""
+        key = str(device)
+        if key not in self._windows:
+            lo, hi = self._windows["cpu"]
+            self._windows[key] = (lo.to(device), hi.to(device))
+        return self._windows[key]
+
+    def sample(self, t: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neighbour steps of ``t`` (int64, same shape) and whether the penalty applies to each example."""
+        last = self.num_timesteps - 1
+        draw = torch.rand((2,) + t.shape, generator=generator, device=t.device)
+        down = draw[0] < 0.5
+        if self.variant in ("l2", "cosine", "kl"):
+            t_nb = torch.where(down, t - self.simi_step, t + self.simi_step).clamp(0, last)
+            return t_nb, (t_nb > 0) & (t_nb < last)
+        lo, hi = self.windows(t.device)
+        lo, hi = lo[t], hi[t]
+        if self.variant == "l2_noise":
+            t_nb = torch.where(down, lo, hi)
+        else:
+            below = lo + (draw[1] * (t - lo)).long()  # uniform in [lo, t-1]
+            above = t + 1 + (draw[1] * (hi - t)).long()  # uniform in [t+1, hi]
+            t_nb = torch.where(down, torch.minimum(below, t - 1), torch.minimum(above, hi))
+        active = torch.where(down, (lo < t) & (lo > 0), (hi > t) & (hi < last))
+        return torch.where(active, t_nb, t), active

@@ -1,0 +1,96 @@
+"""Respacing: which of the T steps a decode visits, and the process restricted to them.
+
+Spec strings (``space_timesteps``):
+* ``""``: all T steps;
+* ``"N"`` / ``"a,b,c"``: counts per equal section, evenly spaced (improved-diffusion);
+* ``"ddimN"``: every k-th step for the integer stride k that gives N steps;
+* ``"adp_N"``: Adaptive Decay Sampling (Tang et al. 2023): of N steps, about 8.4% in the
+  low-noise third of [0, T), 36.8% in the middle third and 54.8% in the high-noise third.
+
+``respaced_diffusion`` builds the process over the kept steps: its betas come from
+alpha_bar at those steps and the network is called with the original timesteps.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .errors import UserError
+from .gaussian_diffusion import GaussianDiffusion
+
+ADP_PROPORTIONS = (0.0840, 0.3676, 0.5484)
+
+
+def _section_sizes(num_timesteps: int, sections: int) -> list[int]:
+    """Sizes of ``sections`` equal parts of [0, T): T // k, plus one for the first T % k parts."""
+    base, extra = divmod(num_timesteps, sections)
+    return [base + (1 if i < extra else 0) for i in range(sections)]
+
+
+def _evenly_spaced(start: int, size: int, count: int) -> list[int]:
+    """``count`` points in [start, start + size): start + round(cur), cur += (size - 1) / (count - 1)."""
+    if count > size:
+        raise UserError(f"cannot take {count} steps from a section of {size} steps")
+    stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+    points, cur = [], 0.0
+    for _ in range(count):
+        points.append(start + round(cur))
+        cur += stride
+    return points
+
+
+def _sections(num_timesteps: int, counts: list[int], drop_last: list[bool]) -> set[int]:
+    steps, start = [], 0
+    for size, count, drop in zip(_section_sizes(num_timesteps, len(counts)), counts, drop_last):
+        points = _evenly_spaced(start, size, count)
+        steps += points[:-1] if drop else points
+        start += size
+    return set(steps)
+
+
+def _parse_count(text: str, spec: str) -> int:
+    if not re.fullmatch(r"\d+", text.strip()):
+        raise UserError(f"respacing {spec!r}: {text!r} is not a step count")
+    return int(text)
+
+
+def space_timesteps(num_timesteps: int, spec: str) -> set[int]:
+    """The set of kept steps in [0, T) named by ``spec`` (see the module docstring)."""
+    spec = (spec or "").strip()
+    if not spec:
+        return set(range(num_timesteps))
+    if spec.startswith("adp_"):
+        n = _parse_count(spec[4:], spec)
+        c0 = max(round(ADP_PROPORTIONS[0] * n), 1)
+        c1 = max(round(ADP_PROPORTIONS[1] * n), 1)
+        c2 = n - c0 - c1
+        if c2 < 1:
+            raise UserError(f"respacing {spec!r}: adp_N needs N >= 3")
+        if n > num_timesteps:
+            raise UserError(f"respacing {spec!r}: {n} steps is more than the model's T = {num_timesteps}")
+        steps = _sections(num_timesteps, [c0 + 1, c1 + 1, c2], [True, True, False])
+        if len(steps) != n:
+            raise UserError(f"respacing {spec!r}: T = {num_timesteps} is too small for {n} adaptive steps")
+        return steps
+    if spec.startswith("ddim"):
+        n = _parse_count(spec[4:], spec)
+        for stride in range(1, num_timesteps):
+            if len(range(0, num_timesteps, stride)) == n:
+                return set(range(0, num_timesteps, stride))
+        raise UserError(f"respacing {spec!r}: no integer stride gives exactly {n} of {num_timesteps} steps")
+    counts = [_parse_count(part, spec) for part in spec.split(",")]
+    if any(c < 1 for c in counts):
+        raise UserError(f"respacing {spec!r}: step counts must be positive")
+    if sum(counts) > num_timesteps:
+        raise UserError(f"respacing {spec!r}: {sum(counts)} steps is more than the model's T = {num_timesteps}")
+    return _sections(num_timesteps, counts, [False] * len(counts))
+
+
+def respaced_diffusion(base: GaussianDiffusion, use_timesteps: set[int]) -> GaussianDiffusion:
+    """The process over ``use_timesteps`` of ``base``: beta_i = 1 - abar(s_i) / abar(s_{i-1})."""
+    kept = sorted(use_timesteps)
+    abar = base.alphas_cumprod[kept]
+    betas = 1.0 - abar / np.append(1.0, abar[:-1])
+    return GaussianDiffusion(betas, timestep_map=kept, original_num_steps=base.num_timesteps)
