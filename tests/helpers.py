@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from torch import nn
+
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat dog ran to big red house small blue car green tree old man sea".split()
 
@@ -59,3 +62,25 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+class HalfModel(nn.Module):
+    """A toy denoiser: f(x, t) = x / 2, with a 3-word, 2-dim embedding tied to lm_head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.word_embedding = nn.Embedding(3, 2)
+        self.lm_head = nn.Linear(2, 3)
+        self.lm_head.weight = self.word_embedding.weight
+        with torch.no_grad():
+            self.word_embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+            self.lm_head.bias.zero_()
+
+    def get_embeds(self, ids):
+        return self.word_embedding(ids)
+
+    def get_logits(self, h):
+        return self.lm_head(h)
+
+    def forward(self, x, t):
+        return x / 2

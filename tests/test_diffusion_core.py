@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from diffuseq.errors import UserError
 from diffuseq.gaussian_diffusion import GaussianDiffusion
@@ -15,6 +14,7 @@ from diffuseq.losses import diffuseq_losses
 from diffuseq.model import EncoderConfig, TransformerNetModel, timestep_embedding
 from diffuseq.schedules import get_named_beta_schedule
 from diffuseq.step_sample import LossSecondMomentSampler, UniformSampler, create_named_schedule_sampler
+from helpers import HalfModel
 
 
 @pytest.mark.parametrize("T", [10, 200, 2000])
@@ -82,28 +82,6 @@ def test_ddim_step_by_hand():
     noisy = diffusion.ddim_step(x_t, torch.tensor([2]), x0, torch.ones(1, 1), eta=1.0)
     expected1 = math.sqrt(abar[1]) * 2 + math.sqrt(1 - abar[1] - sigma ** 2) * eps + sigma
     assert noisy.item() == pytest.approx(expected1, rel=1e-5)
-
-
-class HalfModel(nn.Module):
-    """A toy denoiser: f(x, t) = x / 2, with a 3-word, 2-dim embedding tied to lm_head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.word_embedding = nn.Embedding(3, 2)
-        self.lm_head = nn.Linear(2, 3)
-        self.lm_head.weight = self.word_embedding.weight
-        with torch.no_grad():
-            self.word_embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
-            self.lm_head.bias.zero_()
-
-    def get_embeds(self, ids):
-        return self.word_embedding(ids)
-
-    def get_logits(self, h):
-        return self.lm_head(h)
-
-    def forward(self, x, t):
-        return x / 2
 
 
 def test_diffuseq_loss_on_a_two_token_toy_by_hand():

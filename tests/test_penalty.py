@@ -1,0 +1,193 @@
+"""Distance Penalty: neighbour windows, neighbour sampling, the combined loss, the batched forward, post-training."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from diffuseq.config import parse_train_args
+from diffuseq.errors import UserError
+from diffuseq.gaussian_diffusion import GaussianDiffusion
+from diffuseq.losses import DistancePenalty, distance_penalty_losses, predict_pair
+from diffuseq.model import EncoderConfig, TransformerNetModel
+from diffuseq.neighbours import NeighbourSampler, noise_windows
+from diffuseq.train_loop import train
+from helpers import HalfModel, make_toy_dataset, run_script, tiny_args
+
+
+def _brute_windows(abar, noise):
+    sigma = np.sqrt(1 - abar)
+    T = len(sigma)
+    lo, hi = np.zeros(T, dtype=int), np.zeros(T, dtype=int)
+    for t in range(T):
+        inside = [s for s in range(T) if abs(sigma[s] - sigma[t]) <= noise]
+        lo[t], hi[t] = min(inside), max(inside)
+    return lo, hi
+
+
+@pytest.mark.parametrize("schedule,T", [("sqrt", 50), ("sqrt", 200), ("linear", 200), ("sqrt", 2000)])
+@pytest.mark.parametrize("noise", [0.01, 0.05, 0.2])
+def test_noise_windows_match_brute_force(schedule, T, noise):
+    abar = GaussianDiffusion.from_schedule(schedule, T).alphas_cumprod
+    if T == 2000:  # brute force on a sample of steps to keep the test fast
+        sigma = np.sqrt(1 - abar)
+        lo, hi = noise_windows(abar, noise)
+        for t in range(0, 2000, 37):
+            inside = np.flatnonzero(np.abs(sigma - sigma[t]) <= noise)
+            assert (lo[t], hi[t]) == (inside.min(), inside.max())
+        return
+    np.testing.assert_array_equal(np.stack(noise_windows(abar, noise)), np.stack(_brute_windows(abar, noise)))
+
+
+def test_paper_window_at_t_1000():
+    lo, hi = noise_windows(GaussianDiffusion.from_schedule("sqrt", 2000).alphas_cumprod, 0.05)
+    assert abs(lo[1000] - 785) <= 2 and abs(hi[1000] - 1256) <= 2
+
+
+@pytest.mark.parametrize("variant", ["l2_noise", "l2_noise_random"])
+@pytest.mark.parametrize("T,noise", [(50, 0.05), (200, 0.01), (2000, 0.05), (300, 0.2)])
+def test_noise_neighbours_stay_in_the_window(variant, T, noise):
+    abar = GaussianDiffusion.from_schedule("sqrt", T).alphas_cumprod
+    lo, hi = noise_windows(abar, noise)
+    sampler = NeighbourSampler(variant, abar, simi_noise=noise)
+    t = torch.arange(T).repeat(20)
+    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(1))
+    down = torch.rand((2,) + t.shape, generator=torch.Generator().manual_seed(1))[0] < 0.5
+    lo_t, hi_t = torch.from_numpy(lo)[t], torch.from_numpy(hi)[t]
+    # inside the window, never t itself where the penalty is on, t itself where it is off
+    assert ((t_nb >= lo_t) & (t_nb <= hi_t)).all()
+    assert (t_nb[active] != t[active]).all() and (t_nb[~active] == t[~active]).all()
+    assert (t_nb[active & down] < t[active & down]).all() and (t_nb[active & ~down] > t[active & ~down]).all()
+    # off exactly where the drawn side has no neighbour or the window reaches the end of the schedule
+    expected_active = torch.where(down, (lo_t < t) & (lo_t > 0), (hi_t > t) & (hi_t < T - 1))
+    assert torch.equal(active, expected_active)
+    assert active.any()
+    if variant == "l2_noise":
+        assert torch.equal(t_nb[active], torch.where(down, lo_t, hi_t)[active])
+
+
+def test_random_neighbours_cover_the_window_side_uniformly():
+    abar = GaussianDiffusion.from_schedule("sqrt", 2000).alphas_cumprod
+    lo, hi = noise_windows(abar, 0.05)
+    sampler = NeighbourSampler("l2_noise_random", abar)
+    t = torch.full((40000,), 1000)
+    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(0))
+    below = t_nb[active & (t_nb < 1000)]
+    assert below.min() == lo[1000] and below.max() == 999
+    counts = torch.bincount(below - lo[1000]).float()
+    assert counts.std() / counts.mean() < 0.25  # roughly uniform over [lo, t-1]
+    assert 0.45 < (t_nb > 1000).float().mean() < 0.55
+    again, _ = sampler.sample(t, torch.Generator().manual_seed(0))
+    assert torch.equal(again, t_nb)  # reproducible with the same generator
+
+
+@pytest.mark.parametrize("variant", ["l2", "cosine", "kl"])
+def test_step_neighbours_are_t_plus_minus_simi_step(variant):
+    abar = GaussianDiffusion.from_schedule("sqrt", 100).alphas_cumprod
+    sampler = NeighbourSampler(variant, abar, simi_step=10)
+    t = torch.arange(100).repeat(10)
+    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(3))
+    moved = (t_nb - t).abs()
+    assert ((moved == 10) | (t_nb == 0) | (t_nb == 99)).all()
+    assert torch.equal(active, (t_nb > 0) & (t_nb < 99))
+    assert (t_nb < t).any() and (t_nb > t).any()
+
+
+def test_bad_penalty_settings():
+    diffusion = GaussianDiffusion.from_schedule("sqrt", 50)
+    with pytest.raises(UserError, match="must be negative"):
+        DistancePenalty.create("l2_noise_random", 2.0, diffusion)
+    with pytest.raises(UserError, match="unknown --simi_penalty"):
+        DistancePenalty.create("l3", -2.0, diffusion)
+
+
+@pytest.mark.parametrize("variant", ["l2", "l2_noise", "l2_noise_random", "cosine", "kl"])
+def test_combined_loss_by_hand(variant):
+    diffusion = GaussianDiffusion.from_schedule("sqrt", 20)
+    penalty = DistancePenalty.create(variant, -2.0, diffusion, simi_step=3, simi_noise=0.2)
+    model = HalfModel()
+    ids = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    t = torch.tensor([8, 12])
+    torch.manual_seed(11)
+    terms = distance_penalty_losses(model, diffusion, penalty, ids, mask, t)
+
+    torch.manual_seed(11)
+    emb = model.word_embedding.weight.detach()[ids]
+    x0 = emb + math.sqrt(1 - diffusion.alphas_cumprod[0]) * torch.randn(2, 3, 2)
+    t_nb, active = penalty.neighbours.sample(t)
+    abar = torch.tensor(diffusion.alphas_cumprod, dtype=torch.float32)
+
+    def noised(steps):
+        a = abar[steps].view(2, 1, 1)
+        x = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(2, 3, 2)
+        return torch.where(mask.unsqueeze(-1).bool(), x, x0)
+
+    pred, pred_nb = noised(t) / 2, noised(t_nb) / 2
+    mse = ((emb - pred) ** 2).mean((1, 2))
+    mse_nb = ((emb - pred_nb) ** 2).mean((1, 2))
+    if variant == "cosine":
+        distance = (1 - torch.nn.functional.cosine_similarity(pred, pred_nb, dim=-1)).mean(-1)
+    elif variant == "kl":
+        lp, lq = torch.log_softmax(pred @ emb_table(model).t(), -1), torch.log_softmax(pred_nb @ emb_table(model).t(), -1)
+        teacher_is_nb = (t_nb < t).view(2, 1, 1)
+        log_teacher, log_student = torch.where(teacher_is_nb, lq, lp), torch.where(teacher_is_nb, lp, lq)
+        distance = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean(-1)
+    else:
+        distance = ((pred_nb - pred) ** 2).mean((1, 2))
+    pen = 2.0 * distance * active
+    t_t = ((abar[-1].sqrt() * x0) ** 2).mean((1, 2))
+    rounding = -torch.log_softmax(x0 @ emb_table(model).t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1).mean(-1)
+    expected = (mse + mse_nb + 2 * rounding + 2 * t_t + pen) / 2
+    torch.testing.assert_close(terms["loss"].detach(), expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["penalty"].detach(), pen.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["mse_nb"].detach(), mse_nb.detach(), rtol=1e-5, atol=1e-6)
+
+
+def emb_table(model):
+    return model.word_embedding.weight.detach()
+
+
+def test_one_batched_forward_equals_two_forwards():
+    torch.manual_seed(0)
+    model = TransformerNetModel(40, 16, 16, 0.0, EncoderConfig(2, 32, 4, 64)).eval()
+    diffusion = GaussianDiffusion.from_schedule("sqrt", 100)
+    penalty = DistancePenalty.create("l2_noise_random", -2.0, diffusion)
+    ids = torch.randint(0, 40, (4, 10))
+    mask = (torch.arange(10) >= 4).long().expand(4, 10)
+    t = torch.tensor([5, 40, 70, 99])
+    results = []
+    for batched in (True, False):
+        torch.manual_seed(5)
+        results.append(distance_penalty_losses(model, diffusion, penalty, ids, mask, t, batched=batched))
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6)
+    x_a, x_b = torch.randn(2, 10, 16), torch.randn(2, 10, 16)
+    ta, tb = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    one, two = predict_pair(model, x_a, ta, x_b, tb), predict_pair(model, x_a, ta, x_b, tb, batched=False)
+    torch.testing.assert_close(one[0], two[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one[1], two[1], rtol=1e-5, atol=1e-6)
+
+
+def test_post_training_from_a_checkpoint_lowers_the_penalty(tmp_path):
+    data = make_toy_dataset(tmp_path / "toy")
+    base = tmp_path / "base"
+    train(parse_train_args(tiny_args(data, base, learning_steps=100, save_interval=100, lr=3e-3, dropout=0,
+                                     bsz=32, microbatch=32, hidden_size=64, num_heads=4, intermediate_size=128)))
+    post = tmp_path / "post"
+    result = run_script("run_train.py", tiny_args(
+        data, post, learning_steps=400, save_interval=300, lr=3e-3, dropout=0, bsz=32, microbatch=32, hidden_size=64,
+        num_heads=4, intermediate_size=128, log_interval=50, eval_interval=0, simi_penalty="l2_noise_random",
+        simi_lambda=-2, simi_noise=0.2, resume_checkpoint=base / "model000100.pt"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (post / "model000400.pt").is_file() and (post / "model000300.pt").is_file()
+    lines = [line for line in result.stderr.splitlines() if re.search(r"step \d+ \|", line)]
+    assert lines[0].split("step ")[1].startswith("150")  # the step count continues from 100
+    penalties = [float(re.search(r"penalty ([0-9.]+)", line).group(1)) for line in lines]
+    for term in ("mse ", "mse_nb ", "penalty "):
+        assert term in lines[0]
+    assert np.mean(penalties[-2:]) < 0.7 * penalties[0], penalties
