@@ -1,0 +1,135 @@
+"""Decoding end to end: files written, seeds, batch- and process-invariance, DiffuSeq folders, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from diffuseq.config import parse_train_args
+from diffuseq.train_loop import train
+from helpers import assert_clean_error, make_toy_dataset, run_script, tiny_args
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decode")
+    data = make_toy_dataset(root / "toy", n_test=13)
+    folder = root / "ck"
+    train(parse_train_args(tiny_args(data, folder, learning_steps=30, save_interval=30, lr=3e-3)))
+    return folder
+
+
+def _decode(model_path, out_dir, *extra, launcher=None):
+    args = ["--model_path", str(model_path), "--out_dir", str(out_dir), "--split", "test", *map(str, extra)]
+    return run_script("sample_seq2seq.py", args, launcher=launcher)
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_decode_writes_one_file_per_seed_and_settings(trained, tmp_path):
+    out = tmp_path / "out"
+    result = _decode(trained / "ema_0.9999_000030.pt", out, "--step", 100, "--decode_respacing", "adp_10",
+                     "--seeds", "10,11", "--batch_size", 4)
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["decode_step100_eta-1.0_respace_adp_10_test.meta.json",
+                     "seed10_step100_eta-1.0_respace_adp_10_test.json",
+                     "seed11_step100_eta-1.0_respace_adp_10_test.json"]
+    lines = _lines(out / files[1])
+    assert len(lines) == 13
+    assert all(set(line) == {"recover", "reference", "source"} for line in lines)
+    test_pairs = [json.loads(x) for x in (trained.parent / "toy" / "test.jsonl").read_text().splitlines()]
+    # references and sources are the test pairs, in input order
+    assert [line["reference"] for line in lines] == [f"[CLS] {p['trg']} [SEP]" for p in test_pairs]
+    assert [line["source"] for line in lines] == [f"[CLS] {p['src']} [SEP] [SEP]" for p in test_pairs]
+    assert _lines(out / files[1]) != _lines(out / files[2])  # the seeds differ
+    meta = json.loads((out / files[0]).read_text())
+    assert meta["denoising_steps"] == 10 and meta["sampler"]["respacing"] == "adp_10"
+    assert set(meta["seeds"]) == {"10", "11"} and meta["seeds"]["10"]["wall_seconds"] > 0
+
+
+def test_output_does_not_depend_on_batch_size_or_process_count(trained, tmp_path):
+    model = trained / "model000030.pt"
+    common = ("--step", 100, "--decode_respacing", "20", "--seed2", 7)
+    assert _decode(model, tmp_path / "b16", *common, "--batch_size", 16).returncode == 0
+    assert _decode(model, tmp_path / "b3", *common, "--batch_size", 3).returncode == 0
+    result = _decode(model, tmp_path / "ddp", *common, "--batch_size", 2, launcher=TORCHRUN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "on 2 process(es)" in result.stderr
+    name = "seed7_step100_eta-1.0_respace_20_test.json"
+    reference = (tmp_path / "b16" / name).read_text()
+    assert (tmp_path / "b3" / name).read_text() == reference
+    assert (tmp_path / "ddp" / name).read_text() == reference
+
+
+def test_ddim_all_steps_and_clamp_options(trained, tmp_path):
+    model = trained / "model000030.pt"
+    result = _decode(model, tmp_path / "ddim", "--eta", 0, "--decode_respacing", "ddim10", "--clamp_step", 50,
+                     "--max_examples", 5)
+    assert result.returncode == 0, result.stderr
+    assert len(_lines(next((tmp_path / "ddim").glob("seed*.json")))) == 5
+    result = _decode(model, tmp_path / "full", "--max_examples", 3, "--clamp_step", -1)
+    assert result.returncode == 0, result.stderr
+    assert "with 100 denoising steps" in result.stderr
+
+
+def test_a_diffuseq_folder_decodes(trained, tmp_path):
+    """Upstream DiffuSeq folders hold only EMA weights, its training_args.json and the tokenizer files."""
+    folder = tmp_path / "diffuseq_qqp"
+    folder.mkdir()
+    shutil.copy2(trained / "ema_0.9999_000030.pt", folder)
+    shutil.copy2(trained / "vocab.txt", folder)
+    ours = json.loads((trained / "training_args.json").read_text())
+    upstream_keys = ("lr", "batch_size", "microbatch", "learning_steps", "ema_rate", "schedule_sampler",
+                     "diffusion_steps", "noise_schedule", "timestep_respacing", "vocab", "use_plm_init",
+                     "vocab_size", "config_name", "seq_len", "hidden_t_dim", "hidden_dim", "dropout", "use_fp16",
+                     "seed", "learn_sigma", "predict_xstart", "rescale_timesteps", "sigma_small", "emb_scale_factor",
+                     "dataset", "data_dir", "checkpoint_path", "notes")
+    upstream = {k: ours[k] for k in upstream_keys}
+    config = {"num_hidden_layers": ours["num_layers"], "hidden_size": ours["hidden_size"],
+              "num_attention_heads": ours["num_heads"], "intermediate_size": ours["intermediate_size"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    upstream["config_name"] = str(folder / "config.json")
+    (folder / "training_args.json").write_text(json.dumps(upstream))
+    state = torch.load(folder / "ema_0.9999_000030.pt", weights_only=True)
+    assert "position_ids" in state
+    result = _decode(folder / "ema_0.9999_000030.pt", tmp_path / "out", "--step", 100, "--decode_respacing",
+                     "adp_4", "--max_examples", 4)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--decode_respacing", "adp_0"), "adp_N needs N >= 3"),
+    (("--decode_respacing", "adp_x"), "is not a step count"),
+    (("--decode_respacing", "500"), "more than the model's T = 100"),
+    (("--decode_respacing", "ddim60"), "no integer stride"),
+    (("--step", "50", "--decode_respacing", "adp_10"), "conflicts"),
+    (("--split", "dev"), "has no dev.jsonl"),
+])
+def test_bad_decode_flags(trained, tmp_path, flags, message):
+    assert_clean_error(_decode(trained / "model000030.pt", tmp_path / "out", *flags), message)
+    assert not any((tmp_path / "out").glob("seed*.json")) if (tmp_path / "out").exists() else True
+
+
+def test_bad_checkpoints(trained, tmp_path):
+    assert_clean_error(_decode(tmp_path / "model000001.pt", tmp_path / "o"), "does not exist")
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    shutil.copy2(trained / "model000030.pt", lonely)
+    assert_clean_error(_decode(lonely / "model000030.pt", tmp_path / "o"), "training_args.json")
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(trained, mismatched)
+    words = (trained / "vocab.txt").read_text().splitlines()
+    (mismatched / "vocab.txt").write_text("\n".join(words + ["extra1", "extra2"]) + "\n")
+    args = json.loads((mismatched / "training_args.json").read_text())
+    args["vocab_size"] += 2
+    (mismatched / "training_args.json").write_text(json.dumps(args))
+    assert_clean_error(_decode(mismatched / "model000030.pt", tmp_path / "o"), "does not match the checkpoint")
