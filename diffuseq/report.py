@@ -1,0 +1,69 @@
+"""Result tables: join a decode's run description (``*.meta.json``) with its evaluation (``--json``) into rows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+from .errors import UserError
+
+
+@dataclass
+class Row:
+    """One decode of one model: quality, number of denoising steps and wall time per seed."""
+
+    model: str
+    decoding: str
+    steps: int
+    bleu: float
+    rouge_l: float
+    dist1: float
+    avg_len: float
+    seconds: float
+    self_bleu: float | None = None
+    speedup: float | None = None
+
+
+def load_row(model: str, decoding: str, decode_dir: Path, eval_json: Path) -> Row:
+    """A row from a decode folder (its ``*.meta.json``) and the evaluation JSON of that folder."""
+    metas = sorted(Path(decode_dir).glob("*.meta.json"))
+    if len(metas) != 1:
+        raise UserError(f"{decode_dir}: expected one decode description (*.meta.json), found {len(metas)}")
+    try:
+        meta = json.loads(metas[0].read_text())
+        scores = json.loads(Path(eval_json).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read results for {model} / {decoding}: {err}") from None
+    files = list(scores["files"].values())
+    diversity = scores.get("diversity") or {}
+    return Row(model=model, decoding=decoding, steps=int(meta["denoising_steps"]),
+               bleu=mean(f["bleu"] for f in files), rouge_l=mean(f["rougeL"] for f in files),
+               dist1=mean(f["dist1"] for f in files), avg_len=mean(f["avg_len"] for f in files),
+               seconds=mean(s["wall_seconds"] for s in meta["seeds"].values()),
+               self_bleu=diversity.get("self_bleu"))
+
+
+def add_speedups(rows: list[Row]) -> None:
+    """Speedup of each row against the slowest decode of the same model (its full-step decode)."""
+    for row in rows:
+        slowest = max((r for r in rows if r.model == row.model), key=lambda r: r.steps)
+        row.speedup = slowest.seconds / row.seconds if row.seconds > 0 else None
+
+
+def format_table(rows: list[Row], markdown: bool = False) -> str:
+    """A fixed-width (or markdown) table of the rows."""
+    headers = ["model", "decoding", "steps", "BLEU", "ROUGE-L", "dist-1", "avg len", "self-BLEU", "wall s",
+               "speedup"]
+    body = [[r.model, r.decoding, str(r.steps), f"{r.bleu:.4f}", f"{r.rouge_l:.4f}", f"{r.dist1:.4f}",
+             f"{r.avg_len:.2f}", "-" if r.self_bleu is None else f"{r.self_bleu:.4f}", f"{r.seconds:.1f}",
+             "-" if r.speedup is None else f"{r.speedup:.1f}x"] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(cells[i]) for cells in body)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)] + [fmt.format(*cells) for cells in body]
+    return "\n".join(lines)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The whole method on the embedded WordNet data, on a CPU, in about 10-15 minutes:
+#   1. train a small DiffuSeq model,
+#   2. post-train it with the Distance Penalty (l2_noise_random, lambda -2),
+#   3. decode the test split with adp_20, a uniform 20-step respacing and all T steps,
+#   4. evaluate each decode and print one table.
+#
+#   bash scripts/demo.sh
+#
+# Make it larger with environment variables, e.g. on GPUs:
+#   NPROC=4 TRAIN_STEPS=50000 POST_STEPS=10000 LAYERS=12 HIDDEN=768 HEADS=12 FFN=3072 SEQ_LEN=128 \
+#   DIFF_STEPS=2000 BSZ=1024 DATA_DIR=datasets/QQP VOCAB=bert bash scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA_DIR=${DATA_DIR:-datasets/wordnet}
+OUT=${OUT:-demo_outputs/$(basename "$DATA_DIR")_$(date +%Y%m%d-%H%M%S)}
+NPROC=${NPROC:-1}
+TRAIN_STEPS=${TRAIN_STEPS:-2000}
+POST_STEPS=${POST_STEPS:-500}
+DIFF_STEPS=${DIFF_STEPS:-1000}
+SEQ_LEN=${SEQ_LEN:-32}
+BSZ=${BSZ:-64}
+LR=${LR:-0.001}
+LAYERS=${LAYERS:-3}
+HIDDEN=${HIDDEN:-128}
+HEADS=${HEADS:-4}
+FFN=${FFN:-512}
+HIDDEN_DIM=${HIDDEN_DIM:-64}
+VOCAB=${VOCAB:-train}
+VOCAB_SIZE=${VOCAB_SIZE:-4000}
+TEST_EXAMPLES=${TEST_EXAMPLES:-500}
+SEEDS=${SEEDS:-10}
+DECODE_BATCH=${DECODE_BATCH:-250}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+
+if [ "$NPROC" -gt 1 ]; then LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC"); else LAUNCH=(python); fi
+mkdir -p "$OUT"
+echo "== demo: data $DATA_DIR, outputs in $OUT"
+COMMON=(--data_dir "$DATA_DIR" --dataset "$(basename "$DATA_DIR")" --vocab "$VOCAB" --vocab_size "$VOCAB_SIZE"
+        --seq_len "$SEQ_LEN" --hidden_dim "$HIDDEN_DIM" --hidden_t_dim "$HIDDEN_DIM" --num_layers "$LAYERS"
+        --hidden_size "$HIDDEN" --num_heads "$HEADS" --intermediate_size "$FFN" --diff_steps "$DIFF_STEPS"
+        --noise_schedule sqrt --bsz "$BSZ" --microbatch "$BSZ" --lr "$LR" --schedule_sampler lossaware
+        --ema_rate 0.995 --log_interval 100 --eval_interval 1000 --seed 102)
+
+echo "== 1/4 training for $TRAIN_STEPS steps"
+"${LAUNCH[@]}" run_train.py "${COMMON[@]}" --learning_steps "$TRAIN_STEPS" --save_interval "$TRAIN_STEPS" \
+  --checkpoint_path "$OUT/base" --notes demo
+BASE_CKPT=$(printf "%s/base/ema_0.995_%06d.pt" "$OUT" "$TRAIN_STEPS")
+
+echo "== 2/4 distance-penalty post-training for $POST_STEPS steps"
+TOTAL=$((TRAIN_STEPS + POST_STEPS))
+"${LAUNCH[@]}" run_train.py "${COMMON[@]}" --learning_steps "$TOTAL" --save_interval "$TOTAL" \
+  --checkpoint_path "$OUT/post" --resume_checkpoint "$(printf "%s/base/model%06d.pt" "$OUT" "$TRAIN_STEPS")" \
+  --simi_penalty l2_noise_random --simi_lambda -2 --simi_noise 0.05 --notes demo_post
+POST_CKPT=$(printf "%s/post/ema_0.995_%06d.pt" "$OUT" "$TOTAL")
+
+decode() {  # decode MODEL_NAME CHECKPOINT RESPACING LABEL
+  local name="$1__$4"
+  echo "== 3/4 decoding: $1 model, $4"
+  "${LAUNCH[@]}" sample_seq2seq.py --model_path "$2" --step "$DIFF_STEPS" --decode_respacing "$3" \
+    --batch_size "$DECODE_BATCH" --seeds "$SEEDS" --split test --max_examples "$TEST_EXAMPLES" \
+    --out_dir "$OUT/decode/$name"
+  python scripts/eval_seq2seq.py --folder "$OUT/decode/$name" --json "$OUT/eval/$name.json" --no_corpus_bleu \
+    > "$OUT/eval/$name.txt"
+}
+mkdir -p "$OUT/eval"
+decode base "$BASE_CKPT" adp_20 adp_20
+decode base "$BASE_CKPT" 20 uniform_20
+decode post-trained "$POST_CKPT" adp_20 adp_20
+decode post-trained "$POST_CKPT" 20 uniform_20
+decode post-trained "$POST_CKPT" "" all
+
+echo "== 4/4 results (test split, first $TEST_EXAMPLES examples, seeds $SEEDS)"
+python scripts/demo_table.py "$OUT" | tee "$OUT/results.txt"
+echo "== done: everything is under $OUT"
