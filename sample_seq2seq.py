@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -23,13 +22,11 @@ import torch  # noqa: E402
 
 from diffuseq import checkpoint as ckpt  # noqa: E402
 from diffuseq import dist_util  # noqa: E402
-from diffuseq.config import TrainConfig, _ArgumentParser  # noqa: E402
+from diffuseq.config import _ArgumentParser  # noqa: E402
 from diffuseq.data import load_split  # noqa: E402
-from diffuseq.decoding import (DiffusionSampler, ExampleNoise, NearestEmbedding, SamplerConfig,  # noqa: E402
-                               check_step_flag, denoise)
+from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, check_step_flag,  # noqa: E402
+                               decode_range, load_checkpoint)
 from diffuseq.errors import UserError, run_cli  # noqa: E402
-from diffuseq.train_loop import create_model, load_model_weights  # noqa: E402
-from diffuseq.vocab import Vocabulary, load_vocab_from  # noqa: E402
 
 logger = logging.getLogger("sample_seq2seq")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,38 +59,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     return args
-
-
-def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig, Vocabulary, torch.nn.Module]:
-    """The training config, vocabulary and model of a checkpoint file (ours or DiffuSeq's)."""
-    if not model_path.is_file():
-        raise UserError(f"--model_path {model_path} does not exist")
-    ckpt.parse_step(model_path)
-    folder = model_path.parent
-    cfg = TrainConfig.load(folder / "training_args.json")
-    if any((folder / name).is_file() for name in ("vocab.txt", "vocab.json")):
-        vocab = load_vocab_from(folder)
-    elif cfg.vocab not in ("bert", "train") and Path(cfg.vocab).exists():
-        vocab = load_vocab_from(Path(cfg.vocab))
-    else:
-        raise UserError(f"{folder} holds no vocabulary (vocab.txt or vocab.json) and the training one "
-                        f"({cfg.vocab!r}) is not available")
-    if cfg.vocab_size and cfg.vocab_size != vocab.size:
-        raise UserError(f"the vocabulary in {folder} has {vocab.size} entries but training_args.json says "
-                        f"vocab_size {cfg.vocab_size}")
-    model = create_model(cfg, vocab.size)
-    state = ckpt.safe_load(model_path)
-    if isinstance(state, dict) and "word_embedding.weight" in state \
-            and state["word_embedding.weight"].shape[0] != vocab.size:
-        raise UserError(f"the vocabulary ({vocab.size} entries) does not match the checkpoint "
-                        f"({state['word_embedding.weight'].shape[0]} embeddings)")
-    load_model_weights(model, state, model_path)
-    model.to(device).eval().requires_grad_(False)
-    return cfg, vocab, model
-
-
-def strip_pad(text: str) -> str:
-    return " ".join(tok for tok in text.split(" ") if tok and tok != "[PAD]")
 
 
 def main() -> int:
@@ -150,40 +115,6 @@ def decode(args: argparse.Namespace, device: torch.device) -> int:
     if rank == 0:
         ckpt.atomic_write_text(json.dumps(run_info, indent=2) + "\n", out_dir / f"decode_{base}.meta.json")
     return 0
-
-
-@torch.inference_mode()
-def decode_range(model: torch.nn.Module, sampler: DiffusionSampler, vocab: Vocabulary, data, indices: range,
-                 seed: int, batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
-                 clamp: NearestEmbedding | None, show_progress: bool = False) -> list[dict[str, str]]:
-    """Decode the examples ``indices`` of ``data`` with ``seed``; records in input order."""
-    starts = range(indices.start, indices.stop, batch_size)
-    bar = None
-    if show_progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(starts), desc=f"seed {seed}", unit="batch", dynamic_ncols=True)
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext())
-    records = []
-    for start in starts:
-        stop = min(start + batch_size, indices.stop)
-        ids = data.input_ids[start:stop].to(device)
-        mask = data.input_mask[start:stop].to(device)
-        x_start = model.get_embeds(ids)
-        noise = ExampleNoise(seed, range(start, stop), tuple(x_start.shape[1:]), device)
-        with autocast:
-            x0 = denoise(model, sampler, x_start, mask, noise, clamp)
-            tokens = model.get_logits(x0).argmax(dim=-1)
-        for row_ids, row_tokens, row_mask in zip(ids.tolist(), tokens.tolist(), mask.tolist()):
-            src_len = len(row_mask) - sum(row_mask)
-            records.append({"recover": strip_pad(vocab.decode(row_tokens[src_len:])),
-                            "reference": strip_pad(vocab.decode(row_ids[src_len:])),
-                            "source": strip_pad(vocab.decode(row_ids[:src_len]))})
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return records
 
 
 if __name__ == "__main__":

@@ -114,7 +114,10 @@ def safe_load(path: str | Path) -> Any:
 
 
 def complete_steps(folder: Path) -> list[int]:
-    """Steps with a complete checkpoint in ``folder`` (trainstate present, listed files of the recorded sizes), newest first."""
+    """Steps with a complete checkpoint in ``folder``, newest first.
+
+    Complete: the trainstate marker loads and every file it lists has the recorded size.
+    """
     folder = Path(folder)
     steps = []
     for state_file in folder.glob("trainstate*.pt"):

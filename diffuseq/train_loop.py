@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import BatchStream, load_split, read_jsonl_pairs, split_path
 from .errors import UserError
 from .gaussian_diffusion import GaussianDiffusion
-from .losses import DistancePenalty, diffuseq_losses, distance_penalty_losses, unwrap
+from .losses import DistancePenalty, diffuseq_losses, distance_penalty_losses
 from .model import TransformerNetModel
 from .step_sample import ScheduleSampler, create_named_schedule_sampler
 from .vocab import Vocabulary, build_vocab, load_vocab_from

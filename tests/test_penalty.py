@@ -133,7 +133,8 @@ def test_combined_loss_by_hand(variant):
     if variant == "cosine":
         distance = (1 - torch.nn.functional.cosine_similarity(pred, pred_nb, dim=-1)).mean(-1)
     elif variant == "kl":
-        lp, lq = torch.log_softmax(pred @ emb_table(model).t(), -1), torch.log_softmax(pred_nb @ emb_table(model).t(), -1)
+        table = emb_table(model).t()
+        lp, lq = torch.log_softmax(pred @ table, -1), torch.log_softmax(pred_nb @ table, -1)
         teacher_is_nb = (t_nb < t).view(2, 1, 1)
         log_teacher, log_student = torch.where(teacher_is_nb, lq, lp), torch.where(teacher_is_nb, lp, lq)
         distance = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean(-1)
