@@ -1,0 +1,219 @@
+"""Reproduce the paper's speed/quality table on any dataset: {base, post-trained} x {uniform, adp} x steps.
+
+    python scripts/reproduce.py --base BASE/ema_0.9999_050000.pt --post POST/ema_0.9999_060000.pt \
+        --steps all,100,50,20,10,4 --seeds 10,11,12 --out_dir docs/reproduce
+
+Every cell (model x respacing x steps) is decoded with every seed and evaluated with the
+project's metrics; finished cells are not decoded again, so an interrupted run resumes.
+Writes ``results.md`` (BLEU, ROUGE-L, dist-1, self-BLEU, wall time, speedup against the
+full-step decode) and two plots: ``bleu_vs_steps.png`` and ``bleu_vs_time.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from diffuseq import checkpoint as ckpt  # noqa: E402
+from diffuseq.data import load_split  # noqa: E402
+from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, decode_range,  # noqa: E402
+                               load_checkpoint)
+from diffuseq.errors import UserError, run_cli  # noqa: E402
+from diffuseq.report import Row, add_speedups, format_table, load_row  # noqa: E402
+
+logger = logging.getLogger("reproduce")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One decode: a model, a respacing kind and a number of steps (0 = all T steps)."""
+
+    model: str
+    kind: str
+    steps: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}__{self.decoding}"
+
+    @property
+    def decoding(self) -> str:
+        return "all" if self.steps == 0 else f"{self.kind}_{self.steps}"
+
+    def respacing(self) -> str:
+        if self.steps == 0:
+            return ""
+        return f"adp_{self.steps}" if self.kind == "adp" else str(self.steps)
+
+
+def parse_steps(text: str, num_timesteps: int) -> list[int]:
+    """``all,100,20`` -> [0, 100, 20] (0 = all steps); counts of T or more mean all steps."""
+    steps = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part == "all":
+            steps.append(0)
+        elif part.isdigit() and int(part) > 0:
+            steps.append(0 if int(part) >= num_timesteps else int(part))
+        else:
+            raise UserError(f"--steps: {part!r} is not 'all' or a positive step count")
+    return sorted(set(steps), key=lambda s: (s != 0, -s))
+
+
+def plan_cells(models: list[str], steps: list[int], kinds: tuple[str, ...] = ("uniform", "adp")) -> list[Cell]:
+    """Every cell to decode: the full-step decode once per model, then each kind x count."""
+    cells = []
+    for model in models:
+        for count in steps:
+            if count == 0:
+                cells.append(Cell(model, "all", 0))
+            else:
+                cells.extend(Cell(model, kind, count) for kind in kinds if not (kind == "adp" and count < 3))
+    return cells
+
+
+def cell_done(out_dir: Path, cell: Cell, seeds: list[int]) -> bool:
+    """A cell is finished when its evaluation exists and covers every seed's output file."""
+    eval_json = out_dir / "eval" / f"{cell.name}.json"
+    if not eval_json.is_file():
+        return False
+    try:
+        files = json.loads(eval_json.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(any(name.startswith(f"seed{seed}_") for name in files) for seed in seeds)
+
+
+def decode_cell(cell: Cell, model_path: Path, loaded: tuple, args: argparse.Namespace, out_dir: Path) -> None:
+    """Decode one cell with every seed into ``out_dir/decode/<cell>/`` (as sample_seq2seq.py writes it)."""
+    cfg, vocab, model = loaded
+    device = next(model.parameters()).device
+    sampler = DiffusionSampler(SamplerConfig(cfg.diffusion_steps, cfg.noise_schedule, cell.respacing()))
+    data = load_split(Path(args.data_dir or cfg.data_dir), args.split, vocab, cfg.seq_len, args.max_examples)
+    clamp = NearestEmbedding(model.word_embedding.weight.detach())
+    folder = out_dir / "decode" / cell.name
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"step{cfg.diffusion_steps}_eta-1.0_respace_{cell.respacing() or 'none'}_{args.split}"
+    info = {"model_path": str(model_path), "split": args.split, "examples": len(data), "processes": 1,
+            "denoising_steps": sampler.num_steps, "sampler": sampler.config.to_dict(), "batch_size": args.batch_size,
+            "dtype": "fp32", "device": str(device), "seeds": {}}
+    for seed in args.seed_list:
+        started = time.perf_counter()
+        records = decode_range(model, sampler, vocab, data, range(len(data)), seed, args.batch_size, device, None,
+                               clamp, show_progress=True)
+        seconds = time.perf_counter() - started
+        name = f"seed{seed}_{base}.json"
+        ckpt.atomic_write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), folder / name)
+        info["seeds"][str(seed)] = {"file": name, "wall_seconds": round(seconds, 3),
+                                    "examples_per_second": round(len(data) / seconds, 3)}
+    ckpt.atomic_write_text(json.dumps(info, indent=2) + "\n", folder / f"decode_{base}.meta.json")
+
+
+def evaluate_cell(cell: Cell, out_dir: Path) -> None:
+    """Run the evaluation script on a cell's folder; its JSON marks the cell as finished."""
+    eval_json = out_dir / "eval" / f"{cell.name}.json"
+    eval_json.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_seq2seq.py"), "--folder",
+                             str(out_dir / "decode" / cell.name), "--json", str(eval_json), "--no_corpus_bleu",
+                             "--no_progress"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"evaluating {cell.name} failed: {result.stderr.strip().splitlines()[-1]}")
+
+
+def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
+    """BLEU against steps (log axis) and against wall time, one line per model x respacing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x_key, label, name in (("steps", "denoising steps (log scale)", "bleu_vs_steps.png"),
+                               ("seconds", "wall time per seed, s (log scale)", "bleu_vs_time.png")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for model in dict.fromkeys(r.model for r in rows):
+            full = [r for r in rows if r.model == model and r.decoding == "all"]
+            for kind in ("uniform", "adp"):
+                line = sorted([r for r in rows if r.model == model and r.decoding.startswith(kind)] + full,
+                              key=lambda r: getattr(r, x_key))
+                if len(line) > 1 or (line and not full):
+                    ax.plot([getattr(r, x_key) for r in line], [r.bleu for r in line], marker="o",
+                            label=f"{model}, {kind}")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("BLEU")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=120)
+        plt.close(fig)
+        paths.append(out_dir / name)
+    return paths
+
+
+def assemble(out_dir: Path, cells: list[Cell]) -> list[Row]:
+    """Rows of every finished cell, with speedups against each model's full-step decode."""
+    rows = [load_row(cell.model, cell.decoding, out_dir / "decode" / cell.name, out_dir / "eval" / f"{cell.name}.json")
+            for cell in cells if (out_dir / "eval" / f"{cell.name}.json").is_file()]
+    add_speedups(rows)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the base model's checkpoint (model/ema .pt)")
+    parser.add_argument("--post", required=True, help="the post-trained model's checkpoint")
+    parser.add_argument("--steps", default="all,100,50,20,10,4", help="step counts; 'all' = every step of T")
+    parser.add_argument("--seeds", default="10,11,12")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--data_dir", default="", help="override the training data folder")
+    parser.add_argument("--max_examples", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--out_dir", default="docs/reproduce")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    paths = {"base": Path(args.base), "post-trained": Path(args.post)}
+    loaded = {name: load_checkpoint(path, device) for name, path in paths.items()}
+    num_timesteps = loaded["base"][0].diffusion_steps
+    cells = plan_cells(list(paths), parse_steps(args.steps, num_timesteps))
+    for cell in cells:
+        if cell_done(out_dir, cell, args.seed_list):
+            logger.info("%s: already done", cell.name)
+            continue
+        logger.info("%s: decoding with %s", cell.name, cell.respacing() or "all steps")
+        decode_cell(cell, paths[cell.model], loaded[cell.model], args, out_dir)
+        evaluate_cell(cell, out_dir)
+    rows = assemble(out_dir, cells)
+    table = format_table(rows, markdown=True)
+    header = (f"Test split ({args.split}, {loaded['base'][0].data_dir or args.data_dir}), seeds {args.seeds}, "
+              f"T = {num_timesteps}; wall time is per seed, on {device}.\n\n")
+    ckpt.atomic_write_text(header + table + "\n", out_dir / "results.md")
+    plots = write_plots(rows, out_dir)
+    print(table)
+    print(f"\nwrote {out_dir / 'results.md'}, {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
