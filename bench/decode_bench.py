@@ -1,0 +1,81 @@
+"""Decoding speed: milliseconds per denoising step (network and clamping), examples/s and peak memory.
+
+Default configuration (the issue's reference point): BERT encoder 4 layers / 256 / 4 heads / 1024,
+seq_len 64, hidden_dim 128, T 2000 sqrt, an 8,000-word vocabulary, batch 32, clamping at every step,
+one torch thread, fp32.
+
+    python bench/decode_bench.py --respacing adp_20
+    python bench/decode_bench.py --respacing adp_20 --dtype bf16
+    python bench/decode_bench.py --respacing ""            # all 2000 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+
+import torch
+from common import peak_memory_mb
+
+from diffuseq.decoding import DiffusionSampler, ExampleNoise, NearestEmbedding, SamplerConfig, denoise
+from diffuseq.model import EncoderConfig, TransformerNetModel
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--respacing", default="adp_20")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--ffn", type=int, default=1024)
+    parser.add_argument("--seq_len", type=int, default=64)
+    parser.add_argument("--hidden_dim", type=int, default=128)
+    parser.add_argument("--vocab_size", type=int, default=8000)
+    parser.add_argument("--diff_steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--no_clamp", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed decodes of the batch (median reported)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = TransformerNetModel(args.vocab_size, args.hidden_dim, args.hidden_dim, 0.1,
+                                EncoderConfig(args.layers, args.hidden, args.heads, args.ffn)).to(device).eval()
+    model.requires_grad_(False)
+    sampler = DiffusionSampler(SamplerConfig(args.diff_steps, "sqrt", args.respacing))
+    dtype = DTYPES[args.dtype]
+    embeddings = model.word_embedding.weight.detach()
+    clamp = None if args.no_clamp else NearestEmbedding(embeddings.to(dtype) if dtype else embeddings)
+    ids = torch.randint(5, args.vocab_size, (args.batch, args.seq_len), device=device)
+    mask = (torch.arange(args.seq_len, device=device) >= args.seq_len // 2).long().expand(args.batch, -1)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    runs = []
+    with torch.inference_mode(), autocast:
+        x_start = model.get_embeds(ids)
+        for repeat in range(args.repeats + 1):
+            timings: dict[str, float] = {}
+            noise = ExampleNoise(repeat, range(args.batch), tuple(x_start.shape[1:]), device)
+            started = time.perf_counter()
+            denoise(model, sampler, x_start, mask, noise, clamp, timings)
+            total = time.perf_counter() - started
+            if repeat:  # the first decode warms up
+                runs.append((total, timings))
+    total, timings = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+    steps = sampler.num_steps
+    print(f"config: {args.layers} layers / {args.hidden} / {args.heads} heads / {args.ffn}, seq_len {args.seq_len}, "
+          f"hidden_dim {args.hidden_dim}, T {args.diff_steps}, vocab {args.vocab_size}, batch {args.batch}, "
+          f"respacing {args.respacing or 'all'} ({steps} steps), clamp {'off' if args.no_clamp else 'every step'}, "
+          f"{args.dtype}, {args.threads} thread(s), {device}")
+    print(f"per denoising step: {1000 * total / steps:.1f} ms (network {1000 * timings['network'] / steps:.1f} ms, "
+          f"clamping {1000 * timings.get('clamp', 0.0) / steps:.1f} ms)")
+    print(f"whole decode of the batch: {total:.2f} s, {args.batch / total:.1f} examples/s, "
+          f"peak memory {peak_memory_mb(device):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
