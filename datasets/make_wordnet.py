@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Build the embedded WordNet word-order restoration dataset (``datasets/wordnet``).
+"""Build the embedded WordNet word-order datasets (``datasets/wordnet``, ``datasets/wordnet_reverse``).
 
 Reads Princeton WordNet 3.0's ``data.{noun,verb,adj,adv}`` files directly (no nltk reader),
 takes each synset's definition (the gloss up to its first ``; "example"``), keeps the short,
-plain ones and writes seq2seq pairs ``{"src": <the definition's tokens shuffled>, "trg": <the
-definition>}`` to ``train/valid/test.jsonl``. Text is lowercased and whitespace-tokenised with
+plain ones and writes seq2seq pairs ``{"src": <the definition's tokens shuffled (--task shuffle)
+or in reverse order (--task reverse)>, "trg": <the definition>}`` to ``train/valid/test.jsonl``. Text is lowercased and whitespace-tokenised with
 punctuation split off as separate tokens. Everything is deterministic (fixed seed); the split
 is by definition, and each kept synset gives one pair, so no synset and no target is in two splits.
 
-Usage: ``python datasets/make_wordnet.py [--wordnet_dir /usr/share/wordnet] [--out_dir datasets/wordnet]``
+Usage: ``python datasets/make_wordnet.py [--task shuffle|reverse] [--wordnet_dir /usr/share/wordnet] [--out_dir DIR]``
 """
 
 from __future__ import annotations
@@ -103,8 +103,10 @@ def shuffled(tokens: list[str], rng: random.Random, tries: int = 20) -> list[str
     return out
 
 
-def make_pairs(synsets: list[Synset], min_tokens: int, max_tokens: int, seed: int) -> list[dict[str, str]]:
-    """One shuffled-definition pair per kept synset; a definition shared by several synsets is kept once."""
+def make_pairs(synsets: list[Synset], min_tokens: int, max_tokens: int, seed: int,
+               task: str = "shuffle") -> list[dict[str, str]]:
+    """One pair per kept synset (source: the definition shuffled, or reversed); a definition shared by
+    several synsets is kept once."""
     pairs, seen = [], set()
     for synset in synsets:
         if not ALLOWED_DEFINITION.match(synset.definition):
@@ -114,8 +116,11 @@ def make_pairs(synsets: list[Synset], min_tokens: int, max_tokens: int, seed: in
         if not min_tokens <= len(tokens) <= max_tokens or target in seen:
             continue
         seen.add(target)
-        rng = random.Random(f"{seed}:{synset.key}")  # per synset: stable whatever else is filtered
-        pairs.append({"src": " ".join(shuffled(tokens, rng)), "trg": target})
+        if task == "reverse":
+            source = tokens[::-1]
+        else:
+            source = shuffled(tokens, random.Random(f"{seed}:{synset.key}"))  # per synset: stable
+        pairs.append({"src": " ".join(source), "trg": target})
     return pairs
 
 
@@ -154,8 +159,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wordnet_dir", type=Path, default=Path("/usr/share/wordnet"),
                         help="folder with WordNet 3.0's data.noun, data.verb, data.adj, data.adv")
-    parser.add_argument("--out_dir", type=Path, default=Path(__file__).resolve().parent / "wordnet",
-                        help="where train/valid/test.jsonl are written")
+    parser.add_argument("--task", choices=("shuffle", "reverse"), default="shuffle",
+                        help="source = the definition's words shuffled, or in reverse order")
+    parser.add_argument("--out_dir", type=Path, default=None,
+                        help="where train/valid/test.jsonl are written (default: datasets/wordnet, or "
+                             "datasets/wordnet_reverse for --task reverse)")
     parser.add_argument("--min_tokens", type=int, default=4, help="shortest definition kept (tokens)")
     parser.add_argument("--max_tokens", type=int, default=10, help="longest definition kept (tokens)")
     parser.add_argument("--n_valid", type=int, default=500)
@@ -167,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = Path(__file__).resolve().parent / ("wordnet" if args.task == "shuffle" else "wordnet_reverse")
     files = [args.wordnet_dir / f"data.{pos}" for pos in POS_FILES]
     present = [path for path in files if path.is_file()]
     if not present:
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         synsets = [synset for path in present for synset in read_synsets(path)]
-        splits = split_pairs(make_pairs(synsets, args.min_tokens, args.max_tokens, args.seed),
+        splits = split_pairs(make_pairs(synsets, args.min_tokens, args.max_tokens, args.seed, args.task),
                              args.n_valid, args.n_test, args.max_train, args.seed)
     except (WordNetFormatError, ValueError, UnicodeDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

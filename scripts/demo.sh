@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DATA_DIR=${DATA_DIR:-datasets/wordnet}
+DATA_DIR=${DATA_DIR:-datasets/wordnet_reverse}
 OUT=${OUT:-demo_outputs/$(basename "$DATA_DIR")_$(date +%Y%m%d-%H%M%S)}
 NPROC=${NPROC:-1}
 TRAIN_STEPS=${TRAIN_STEPS:-2000}

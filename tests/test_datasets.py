@@ -143,3 +143,13 @@ def test_script_without_wordnet_fails_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert "install Debian's wordnet-base or pass --wordnet_dir" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_reverse_task_mirrors_the_shuffled_one(shipped: dict[str, list[dict]]) -> None:
+    for split, rows in shipped.items():
+        reverse = read_split(DATASETS / "wordnet_reverse", split)
+        assert [r["trg"] for r in reverse] == [r["trg"] for r in rows]
+        assert all(r["src"].split() == r["trg"].split()[::-1] for r in reverse)
+    assert (DATASETS / "wordnet_reverse" / "LICENSE").read_text() == (WORDNET / "LICENSE").read_text()
+    bleu = load_module().copy_baseline_bleu(read_split(DATASETS / "wordnet_reverse", "test"))
+    assert f"{bleu:.4f}" in (DATASETS / "README.md").read_text()
