@@ -46,10 +46,12 @@ def load_row(model: str, decoding: str, decode_dir: Path, eval_json: Path) -> Ro
 
 
 def add_speedups(rows: list[Row]) -> None:
-    """Speedup of each row against the slowest decode of the same model (its full-step decode)."""
+    """Speedup of each row against a full-step decode: the same model's, else the slowest in the table."""
+    full = {r.model: r for r in rows if r.decoding == "all"}
+    fallback = max(full.values(), key=lambda r: r.seconds, default=None)
     for row in rows:
-        slowest = max((r for r in rows if r.model == row.model), key=lambda r: r.steps)
-        row.speedup = slowest.seconds / row.seconds if row.seconds > 0 else None
+        reference = full.get(row.model, fallback)
+        row.speedup = reference.seconds / row.seconds if reference is not None and row.seconds > 0 else None
 
 
 def format_table(rows: list[Row], markdown: bool = False) -> str:

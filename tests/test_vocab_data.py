@@ -1,0 +1,68 @@
+"""Vocabularies (bert from a local cache, a word list, a trained WordPiece) and sequence building."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffuseq.config import parse_train_args
+from diffuseq.data import merge_and_mask
+from diffuseq.errors import UserError
+from diffuseq.train_loop import train
+from diffuseq.vocab import WordPieceVocab, WordVocab, build_vocab, load_vocab_from
+from helpers import make_toy_dataset, tiny_args
+
+BERT_LIKE = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s", "."]
+
+
+def test_merge_and_mask_truncates_the_longer_side_like_diffuseq():
+    # [CLS]=1 a b c d e [SEP]=2 ; [CLS] x y [SEP]; seq_len 9 -> len(src)+len(trg) <= 6 without the end tokens
+    ids, mask = merge_and_mask([1, 10, 11, 12, 13, 14, 2], [1, 20, 21, 2], sep_id=2, pad_id=0, seq_len=10)
+    assert ids == [1, 10, 11, 12, 2, 2, 1, 20, 21, 2]
+    assert mask == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    ids, mask = merge_and_mask([1, 10, 2], [1, 20, 2], sep_id=2, pad_id=0, seq_len=10)
+    assert ids == [1, 10, 2, 2, 1, 20, 2, 0, 0, 0]
+    assert mask == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]  # padding belongs to the generated part
+
+
+def test_bert_vocab_comes_from_the_local_cache_or_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        build_vocab("bert", [], 100, tmp_path)
+    snapshot = tmp_path / "hub" / "models--bert-base-uncased" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "vocab.txt").write_text("\n".join(BERT_LIKE) + "\n")
+    vocab = build_vocab("bert", [], 100, tmp_path)
+    assert isinstance(vocab, WordPieceVocab) and vocab.size == len(BERT_LIKE)
+    ids = vocab.encode_batch(["The cats sat."])[0]
+    assert vocab.tokens(ids) == ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]"]
+    assert vocab.decode(ids) == "[CLS] the cats sat. [SEP]"  # wordpieces joined, HF-style spacing
+    vocab.save(tmp_path)
+    assert load_vocab_from(tmp_path).itos == vocab.itos
+
+
+def test_diffuseq_word_vocabulary_file(tmp_path):
+    (tmp_path / "words.txt").write_text("the 10\ncat 5\nsat\n")
+    vocab = load_vocab_from(tmp_path / "words.txt")
+    assert isinstance(vocab, WordVocab)
+    assert vocab.stoi == {"[START]": 0, "[END]": 1, "[UNK]": 2, "[PAD]": 3, "the": 4, "cat": 5, "sat": 6}
+    assert vocab.encode_batch(["the dog sat"]) == [[0, 4, 2, 6, 1]]
+    assert vocab.sep_id == 1 and vocab.pad_id == 3
+    vocab.save(tmp_path)
+    assert json.loads((tmp_path / "vocab.json").read_text()) == vocab.stoi
+    with pytest.raises(UserError, match="does not exist"):
+        load_vocab_from(tmp_path / "missing.txt")
+
+
+def test_training_with_a_word_vocabulary_file(tmp_path):
+    data = make_toy_dataset(tmp_path / "toy")
+    words = sorted({w for line in (data / "train.jsonl").read_text().splitlines()
+                    for side in json.loads(line).values() for w in side.split()})
+    (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
+    folder = tmp_path / "ck"
+    train(parse_train_args(tiny_args(data, folder, vocab=tmp_path / "words.txt", learning_steps=4, save_interval=4)))
+    saved = json.loads((folder / "vocab.json").read_text())
+    state = torch.load(folder / "model000004.pt", weights_only=True)
+    assert state["word_embedding.weight"].shape[0] == len(saved) == len(words) + 4
