@@ -8,24 +8,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from diffuseq import checkpoint as ckpt  # noqa: E402
 from diffuseq import dist_util  # noqa: E402
 from diffuseq.config import _ArgumentParser  # noqa: E402
 from diffuseq.data import load_split  # noqa: E402
 from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, check_step_flag,  # noqa: E402
-                               decode_range, load_checkpoint)
+                               decode_to_files, load_checkpoint)
 from diffuseq.errors import UserError, run_cli  # noqa: E402
 
 logger = logging.getLogger("sample_seq2seq")
@@ -80,9 +76,6 @@ def decode(args: argparse.Namespace, device: torch.device) -> int:
     sampler = DiffusionSampler(SamplerConfig(cfg.diffusion_steps, cfg.noise_schedule, respacing, args.eta,
                                              args.clamp_step))
     data = load_split(Path(args.data_dir or cfg.data_dir), args.split, vocab, cfg.seq_len, args.max_examples)
-    n, world, rank = len(data), dist_util.world_size(), dist_util.rank()
-    per_rank = math.ceil(n / world)
-    mine = range(rank * per_rank, min(n, (rank + 1) * per_rank))
     autocast_dtype = DTYPES[args.dtype]
     if autocast_dtype is torch.float16 and device.type != "cuda":
         raise UserError("--dtype fp16 needs a CUDA device; use bf16 on a CPU")
@@ -90,30 +83,14 @@ def decode(args: argparse.Namespace, device: torch.device) -> int:
     clamp = NearestEmbedding(embeddings.to(autocast_dtype) if autocast_dtype else embeddings) \
         if args.clamp_step >= 0 else None
     out_dir = Path(args.out_dir)
-    if rank == 0:
+    if dist_util.rank() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         logger.info("decoding %d %s examples with %d denoising steps (respacing %r, %s, %s) on %d process(es)",
-                    n, args.split, sampler.num_steps, respacing or "all", "DDIM" if args.eta >= 0 else "DDPM",
-                    args.dtype, world)
-    run_info = {"model_path": str(model_path), "split": args.split, "examples": n, "processes": world,
-                "denoising_steps": sampler.num_steps, "sampler": sampler.config.to_dict(),
-                "batch_size": args.batch_size, "dtype": args.dtype, "device": str(device), "seeds": {}}
-    base = f"step{cfg.diffusion_steps}_eta{args.eta}_respace_{respacing or 'none'}_{args.split}"
-    for seed in args.seed_list:
-        started = time.perf_counter()
-        records = decode_range(model, sampler, vocab, data, mine, seed, args.batch_size, device, autocast_dtype,
-                               clamp, show_progress=rank == 0)
-        gathered = dist_util.all_gather_objects(records)
-        seconds = time.perf_counter() - started
-        if rank == 0:
-            out_file = out_dir / f"seed{seed}_{base}.json"
-            lines = [json.dumps(rec, ensure_ascii=False) for part in gathered for rec in part]
-            ckpt.atomic_write_text("\n".join(lines) + "\n", out_file)
-            run_info["seeds"][seed] = {"file": out_file.name, "wall_seconds": round(seconds, 3),
-                                       "examples_per_second": round(n / seconds, 3)}
-            logger.info("seed %d: %d lines in %.1f s -> %s", seed, len(lines), seconds, out_file)
-    if rank == 0:
-        ckpt.atomic_write_text(json.dumps(run_info, indent=2) + "\n", out_dir / f"decode_{base}.meta.json")
+                    len(data), args.split, sampler.num_steps, respacing or "all",
+                    "DDIM" if args.eta >= 0 else "DDPM", args.dtype, dist_util.world_size())
+    name = f"step{cfg.diffusion_steps}_eta{args.eta}_respace_{respacing or 'none'}_{args.split}"
+    decode_to_files(model, sampler, vocab, data, args.seed_list, out_dir, name, args.batch_size, autocast_dtype,
+                    clamp, {"model_path": str(model_path), "split": args.split, "dtype": args.dtype})
     return 0
 
 

@@ -13,7 +13,9 @@ batch size, the batching or the number of processes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import dist_util
 from .config import TrainConfig
 from .data import Seq2SeqData
 from .errors import UserError
@@ -249,3 +252,35 @@ def decode_range(model: nn.Module, sampler: DiffusionSampler, vocab: Vocabulary,
     if bar is not None:
         bar.close()
     return records
+
+
+def decode_to_files(model: nn.Module, sampler: DiffusionSampler, vocab: Vocabulary, data: Seq2SeqData,
+                    seeds: list[int], out_dir: Path, name: str, batch_size: int, autocast_dtype: torch.dtype | None,
+                    clamp: NearestEmbedding | None, run_info: dict) -> None:
+    """Decode ``data`` once per seed into ``out_dir/seed<S>_<name>.json``, plus ``decode_<name>.meta.json``.
+
+    Under a distributed launch each rank decodes a contiguous slice of the inputs and
+    rank 0 writes the lines in input order. ``run_info`` goes into the meta file, with
+    the number of denoising steps and each seed's wall time added.
+    """
+    device = next(model.parameters()).device
+    n, world, rank = len(data), dist_util.world_size(), dist_util.rank()
+    per_rank = math.ceil(n / world)
+    mine = range(rank * per_rank, min(n, (rank + 1) * per_rank))
+    info = {**run_info, "examples": n, "processes": world, "denoising_steps": sampler.num_steps,
+            "sampler": sampler.config.to_dict(), "batch_size": batch_size, "device": str(device), "seeds": {}}
+    for seed in seeds:
+        started = time.perf_counter()
+        records = decode_range(model, sampler, vocab, data, mine, seed, batch_size, device, autocast_dtype, clamp,
+                               show_progress=rank == 0)
+        gathered = dist_util.all_gather_objects(records)
+        seconds = time.perf_counter() - started
+        if rank == 0:
+            out_file = out_dir / f"seed{seed}_{name}.json"
+            ckpt.atomic_write_text("".join(json.dumps(rec, ensure_ascii=False) + "\n"
+                                           for part in gathered for rec in part), out_file)
+            info["seeds"][str(seed)] = {"file": out_file.name, "wall_seconds": round(seconds, 3),
+                                        "examples_per_second": round(n / seconds, 3)}
+            logger.info("seed %d: %d lines in %.1f s -> %s", seed, n, seconds, out_file)
+    if rank == 0:
+        ckpt.atomic_write_text(json.dumps(info, indent=2) + "\n", out_dir / f"decode_{name}.meta.json")

@@ -17,7 +17,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch  # noqa: E402
 
 from diffuseq import checkpoint as ckpt  # noqa: E402
 from diffuseq.data import load_split  # noqa: E402
-from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, decode_range,  # noqa: E402
+from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, decode_to_files,  # noqa: E402
                                load_checkpoint)
 from diffuseq.errors import UserError, run_cli  # noqa: E402
 from diffuseq.report import Row, add_speedups, format_table, load_row  # noqa: E402
@@ -101,26 +100,14 @@ def cell_done(out_dir: Path, cell: Cell, seeds: list[int]) -> bool:
 def decode_cell(cell: Cell, model_path: Path, loaded: tuple, args: argparse.Namespace, out_dir: Path) -> None:
     """Decode one cell with every seed into ``out_dir/decode/<cell>/`` (as sample_seq2seq.py writes it)."""
     cfg, vocab, model = loaded
-    device = next(model.parameters()).device
     sampler = DiffusionSampler(SamplerConfig(cfg.diffusion_steps, cfg.noise_schedule, cell.respacing()))
     data = load_split(Path(args.data_dir or cfg.data_dir), args.split, vocab, cfg.seq_len, args.max_examples)
     clamp = NearestEmbedding(model.word_embedding.weight.detach())
     folder = out_dir / "decode" / cell.name
     folder.mkdir(parents=True, exist_ok=True)
-    base = f"step{cfg.diffusion_steps}_eta-1.0_respace_{cell.respacing() or 'none'}_{args.split}"
-    info = {"model_path": str(model_path), "split": args.split, "examples": len(data), "processes": 1,
-            "denoising_steps": sampler.num_steps, "sampler": sampler.config.to_dict(), "batch_size": args.batch_size,
-            "dtype": "fp32", "device": str(device), "seeds": {}}
-    for seed in args.seed_list:
-        started = time.perf_counter()
-        records = decode_range(model, sampler, vocab, data, range(len(data)), seed, args.batch_size, device, None,
-                               clamp, show_progress=True)
-        seconds = time.perf_counter() - started
-        name = f"seed{seed}_{base}.json"
-        ckpt.atomic_write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), folder / name)
-        info["seeds"][str(seed)] = {"file": name, "wall_seconds": round(seconds, 3),
-                                    "examples_per_second": round(len(data) / seconds, 3)}
-    ckpt.atomic_write_text(json.dumps(info, indent=2) + "\n", folder / f"decode_{base}.meta.json")
+    name = f"step{cfg.diffusion_steps}_eta-1.0_respace_{cell.respacing() or 'none'}_{args.split}"
+    decode_to_files(model, sampler, vocab, data, args.seed_list, folder, name, args.batch_size, None, clamp,
+                    {"model_path": str(model_path), "split": args.split, "dtype": "fp32"})
 
 
 def evaluate_cell(cell: Cell, out_dir: Path) -> None:
