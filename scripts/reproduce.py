@@ -86,9 +86,9 @@ def plan_cells(models: list[str], steps: list[int], kinds: tuple[str, ...] = ("u
 
 
 def cell_done(out_dir: Path, cell: Cell, seeds: list[int]) -> bool:
-    """A cell is finished when its evaluation exists and covers every seed's output file."""
+    """A cell is finished when its decode description and its evaluation exist, covering every seed."""
     eval_json = out_dir / "eval" / f"{cell.name}.json"
-    if not eval_json.is_file():
+    if not eval_json.is_file() or not any((out_dir / "decode" / cell.name).glob("*.meta.json")):
         return False
     try:
         files = json.loads(eval_json.read_text())["files"]
