@@ -26,18 +26,43 @@ VARIANTS = ("l2", "cosine", "kl", "l2_noise", "l2_noise_random")
 
 
 def noise_windows(alphas_cumprod: np.ndarray, simi_noise: float) -> tuple[np.ndarray, np.ndarray]:
-    """lo[t], hi[t]: the smallest / largest step whose noise level is within ``simi_noise`` of step t's.
+    """lo[t], hi[t]: the smallest / largest step s with |sigma[s] - sigma[t]| <= ``simi_noise`` (int64, length T).
 
-    The noise level sqrt(1 - alpha_bar) is nondecreasing in t, so the window is contiguous
-    and found by binary search.
+    sigma = sqrt(1 - alpha_bar) is nondecreasing in s, so the steps within ``simi_noise`` of
+    step t form a contiguous window around t. searchsorted gives a first guess; a vectorised
+    bisection on the exact predicate then settles the edges, so ties at the threshold agree
+    with a brute-force search bit for bit (O(T log T), no loop over T).
     """
+    if not simi_noise >= 0:
+        raise UserError(f"--simi_noise must be a non-negative number, got {simi_noise}")
     sigma = np.sqrt(1.0 - np.asarray(alphas_cumprod, dtype=np.float64))
+    if sigma.ndim != 1 or not np.all(np.isfinite(sigma)):
+        raise UserError("alphas_cumprod must be a 1-D array of values in [0, 1]")
     if np.any(np.diff(sigma) < 0):
         raise UserError("the noise level of this schedule is not monotone; noise windows are undefined")
-    steps = np.arange(len(sigma))
-    lo = np.searchsorted(sigma, sigma - simi_noise, side="left")
-    hi = np.searchsorted(sigma, sigma + simi_noise, side="right") - 1
-    return np.minimum(lo, steps).astype(np.int64), np.maximum(hi, steps).astype(np.int64)
+    steps = np.arange(len(sigma), dtype=np.int64)
+    guess_lo = np.minimum(np.searchsorted(sigma, sigma - simi_noise, side="left"), steps)
+    guess_hi = np.maximum(np.searchsorted(sigma, sigma + simi_noise, side="right") - 1, steps)
+
+    def inside(s: np.ndarray) -> np.ndarray:
+        return np.abs(sigma[s] - sigma) <= simi_noise
+
+    # lo: the first s in [0, t] inside (inside(t) holds; the predicate is monotone on [0, t]).
+    # Search [0, guess_lo] if guess_lo is inside, else (guess_lo, t].
+    ok = inside(guess_lo)
+    lo, right = np.where(ok, 0, guess_lo + 1), np.where(ok, guess_lo, steps)
+    while np.any(lo < right):
+        mid = (lo + right) // 2
+        hit = inside(mid)
+        right, lo = np.where(hit, mid, right), np.where(hit, lo, mid + 1)
+    # hi: the last s in [t, T-1] inside, mirrored.
+    ok = inside(guess_hi)
+    left, hi = np.where(ok, guess_hi, steps), np.where(ok, len(sigma) - 1, guess_hi - 1)
+    while np.any(left < hi):
+        mid = (left + hi + 1) // 2
+        hit = inside(mid)
+        left, hi = np.where(hit, mid, left), np.where(hit, hi, mid - 1)
+    return lo.astype(np.int64), hi.astype(np.int64)
 
 
 class NeighbourSampler:
@@ -49,7 +74,7 @@ class NeighbourSampler:
             raise UserError(f"unknown distance penalty {variant!r}; choose one of: {', '.join(VARIANTS)}")
         if variant in ("l2", "cosine", "kl") and simi_step < 1:
             raise UserError(f"--simi_step must be positive, got {simi_step}")
-        if variant.startswith("l2_noise") and simi_noise <= 0:
+        if variant.startswith("l2_noise") and not simi_noise > 0:
             raise UserError(f"--simi_noise must be positive, got {simi_noise}")
         self.variant = variant
         self.num_timesteps = len(alphas_cumprod)
@@ -67,6 +92,7 @@ class NeighbourSampler:
 
     def sample(self, t: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Neighbour steps of ``t`` (int64, same shape) and whether the penalty applies to each example."""
+        t = t.long()
         last = self.num_timesteps - 1
         draw = torch.rand((2,) + t.shape, generator=generator, device=t.device)
         down = draw[0] < 0.5

@@ -30,9 +30,12 @@ def _section_sizes(num_timesteps: int, sections: int) -> list[int]:
 
 
 def _evenly_spaced(start: int, size: int, count: int) -> list[int]:
-    """``count`` points in [start, start + size): start + round(cur), cur += (size - 1) / (count - 1)."""
-    if count > size:
-        raise UserError(f"cannot take {count} steps from a section of {size} steps")
+    """``count`` points in [start, start + size): start + round(cur), cur += (size - 1) / (count - 1).
+
+    As in improved-diffusion: a running float sum (not i * stride, which differs at some .5
+    boundaries), Python's round (half to even), one point (``start``) for count 1, none for 0.
+    The caller checks count <= size.
+    """
     stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
     points, cur = [], 0.0
     for _ in range(count):
@@ -41,9 +44,14 @@ def _evenly_spaced(start: int, size: int, count: int) -> list[int]:
     return points
 
 
-def _sections(num_timesteps: int, counts: list[int], drop_last: list[bool]) -> set[int]:
+def _sections(num_timesteps: int, counts: list[int], drop_last: list[bool], spec: str) -> set[int]:
+    """Evenly spaced ``counts[i]`` points in section i of [0, T), less the last one where ``drop_last[i]``."""
     steps, start = [], 0
-    for size, count, drop in zip(_section_sizes(num_timesteps, len(counts)), counts, drop_last):
+    sizes = _section_sizes(num_timesteps, len(counts))
+    for i, (size, count, drop) in enumerate(zip(sizes, counts, drop_last)):
+        if count > size:
+            raise UserError(f"respacing {spec!r}: T = {num_timesteps} is too small (section {i + 1} of "
+                            f"{len(counts)} has {size} step{'' if size == 1 else 's'}, {count} points needed)")
         points = _evenly_spaced(start, size, count)
         steps += points[:-1] if drop else points
         start += size
@@ -70,12 +78,17 @@ def space_timesteps(num_timesteps: int, spec: str) -> set[int]:
             raise UserError(f"respacing {spec!r}: adp_N needs N >= 3")
         if n > num_timesteps:
             raise UserError(f"respacing {spec!r}: {n} steps is more than the model's T = {num_timesteps}")
-        steps = _sections(num_timesteps, [c0 + 1, c1 + 1, c2], [True, True, False])
-        if len(steps) != n:
-            raise UserError(f"respacing {spec!r}: T = {num_timesteps} is too small for {n} adaptive steps")
+        # c0 + 1 and c1 + 1 points with the last dropped: the low-noise sections keep their
+        # left edge and stay clear of the next section's first step.
+        steps = _sections(num_timesteps, [c0 + 1, c1 + 1, c2], [True, True, False], spec)
+        assert len(steps) == n  # sections are disjoint and count <= size keeps points distinct
         return steps
     if spec.startswith("ddim"):
         n = _parse_count(spec[4:], spec)
+        if n < 1:
+            raise UserError(f"respacing {spec!r}: the step count must be positive")
+        if n > num_timesteps:
+            raise UserError(f"respacing {spec!r}: {n} steps is more than the model's T = {num_timesteps}")
         for stride in range(1, num_timesteps):
             if len(range(0, num_timesteps, stride)) == n:
                 return set(range(0, num_timesteps, stride))
@@ -85,7 +98,7 @@ def space_timesteps(num_timesteps: int, spec: str) -> set[int]:
         raise UserError(f"respacing {spec!r}: step counts must be positive")
     if sum(counts) > num_timesteps:
         raise UserError(f"respacing {spec!r}: {sum(counts)} steps is more than the model's T = {num_timesteps}")
-    return _sections(num_timesteps, counts, [False] * len(counts))
+    return _sections(num_timesteps, counts, [False] * len(counts), spec)
 
 
 def respaced_diffusion(base: GaussianDiffusion, use_timesteps: set[int]) -> GaussianDiffusion:

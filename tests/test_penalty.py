@@ -1,4 +1,4 @@
-"""Distance Penalty: neighbour windows, neighbour sampling, the combined loss, the batched forward, post-training."""
+"""Distance Penalty: the combined loss, the batched forward, post-training (neighbours: tests/test_neighbours.py)."""
 
 from __future__ import annotations
 
@@ -14,87 +14,8 @@ from diffuseq.errors import UserError
 from diffuseq.gaussian_diffusion import GaussianDiffusion
 from diffuseq.losses import DistancePenalty, distance_penalty_losses, predict_pair
 from diffuseq.model import EncoderConfig, TransformerNetModel
-from diffuseq.neighbours import NeighbourSampler, noise_windows
 from diffuseq.train_loop import train
 from helpers import HalfModel, make_toy_dataset, run_script, tiny_args
-
-
-def _brute_windows(abar, noise):
-    sigma = np.sqrt(1 - abar)
-    T = len(sigma)
-    lo, hi = np.zeros(T, dtype=int), np.zeros(T, dtype=int)
-    for t in range(T):
-        inside = [s for s in range(T) if abs(sigma[s] - sigma[t]) <= noise]
-        lo[t], hi[t] = min(inside), max(inside)
-    return lo, hi
-
-
-@pytest.mark.parametrize("schedule,T", [("sqrt", 50), ("sqrt", 200), ("linear", 200), ("sqrt", 2000)])
-@pytest.mark.parametrize("noise", [0.01, 0.05, 0.2])
-def test_noise_windows_match_brute_force(schedule, T, noise):
-    abar = GaussianDiffusion.from_schedule(schedule, T).alphas_cumprod
-    if T == 2000:  # brute force on a sample of steps to keep the test fast
-        sigma = np.sqrt(1 - abar)
-        lo, hi = noise_windows(abar, noise)
-        for t in range(0, 2000, 37):
-            inside = np.flatnonzero(np.abs(sigma - sigma[t]) <= noise)
-            assert (lo[t], hi[t]) == (inside.min(), inside.max())
-        return
-    np.testing.assert_array_equal(np.stack(noise_windows(abar, noise)), np.stack(_brute_windows(abar, noise)))
-
-
-def test_paper_window_at_t_1000():
-    lo, hi = noise_windows(GaussianDiffusion.from_schedule("sqrt", 2000).alphas_cumprod, 0.05)
-    assert abs(lo[1000] - 785) <= 2 and abs(hi[1000] - 1256) <= 2
-
-
-@pytest.mark.parametrize("variant", ["l2_noise", "l2_noise_random"])
-@pytest.mark.parametrize("T,noise", [(50, 0.05), (200, 0.01), (2000, 0.05), (300, 0.2)])
-def test_noise_neighbours_stay_in_the_window(variant, T, noise):
-    abar = GaussianDiffusion.from_schedule("sqrt", T).alphas_cumprod
-    lo, hi = noise_windows(abar, noise)
-    sampler = NeighbourSampler(variant, abar, simi_noise=noise)
-    t = torch.arange(T).repeat(20)
-    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(1))
-    down = torch.rand((2,) + t.shape, generator=torch.Generator().manual_seed(1))[0] < 0.5
-    lo_t, hi_t = torch.from_numpy(lo)[t], torch.from_numpy(hi)[t]
-    # inside the window, never t itself where the penalty is on, t itself where it is off
-    assert ((t_nb >= lo_t) & (t_nb <= hi_t)).all()
-    assert (t_nb[active] != t[active]).all() and (t_nb[~active] == t[~active]).all()
-    assert (t_nb[active & down] < t[active & down]).all() and (t_nb[active & ~down] > t[active & ~down]).all()
-    # off exactly where the drawn side has no neighbour or the window reaches the end of the schedule
-    expected_active = torch.where(down, (lo_t < t) & (lo_t > 0), (hi_t > t) & (hi_t < T - 1))
-    assert torch.equal(active, expected_active)
-    assert active.any()
-    if variant == "l2_noise":
-        assert torch.equal(t_nb[active], torch.where(down, lo_t, hi_t)[active])
-
-
-def test_random_neighbours_cover_the_window_side_uniformly():
-    abar = GaussianDiffusion.from_schedule("sqrt", 2000).alphas_cumprod
-    lo, hi = noise_windows(abar, 0.05)
-    sampler = NeighbourSampler("l2_noise_random", abar)
-    t = torch.full((40000,), 1000)
-    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(0))
-    below = t_nb[active & (t_nb < 1000)]
-    assert below.min() == lo[1000] and below.max() == 999
-    counts = torch.bincount(below - lo[1000]).float()
-    assert counts.std() / counts.mean() < 0.25  # roughly uniform over [lo, t-1]
-    assert 0.45 < (t_nb > 1000).float().mean() < 0.55
-    again, _ = sampler.sample(t, torch.Generator().manual_seed(0))
-    assert torch.equal(again, t_nb)  # reproducible with the same generator
-
-
-@pytest.mark.parametrize("variant", ["l2", "cosine", "kl"])
-def test_step_neighbours_are_t_plus_minus_simi_step(variant):
-    abar = GaussianDiffusion.from_schedule("sqrt", 100).alphas_cumprod
-    sampler = NeighbourSampler(variant, abar, simi_step=10)
-    t = torch.arange(100).repeat(10)
-    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(3))
-    moved = (t_nb - t).abs()
-    assert ((moved == 10) | (t_nb == 0) | (t_nb == 99)).all()
-    assert torch.equal(active, (t_nb > 0) & (t_nb < 99))
-    assert (t_nb < t).any() and (t_nb > t).any()
 
 
 def test_bad_penalty_settings():
