@@ -18,6 +18,7 @@ batch twice as large, and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +44,106 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def token_cross_entropy(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-example cross-entropy, averaged over all positions or over ``mask == 1`` positions."""
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none").view(ids.shape)
+CE_BLOCK_ELEMENTS = 2**21  # logits per block of rows (8 MB in float32): small enough to stay in cache
+# log of the smallest normal float32: exp() below it gives denormals (very slow on CPUs) or zeros
+LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+_spare_log_probs: list[torch.Tensor] = []
+
+
+def _log_prob_buffer(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """A float32 [rows, vocab] tensor: the one the last backward released when it fits, else a new one."""
+    if _spare_log_probs and _spare_log_probs[0].shape == (rows, vocab) and _spare_log_probs[0].device == device:
+        return _spare_log_probs.pop()
+    _spare_log_probs.clear()
+    return torch.empty(rows, vocab, dtype=torch.float32, device=device)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of ``hidden @ weight.T + bias`` against ``ids``, computed block by block.
+
+    The float32 log-probabilities kept for backward live in one buffer that is
+    reused from call to call (a fresh one of this size would be mapped and
+    zeroed by the OS every step), filled and turned into the logits' gradient
+    a cache-sized block of rows at a time. Logits further below their row's
+    maximum than ``LOG_TINY + log(vocab)`` are raised to that floor before the
+    log-softmax, so that no probability is a denormal; this moves the
+    log-sum-exp and the gradient by less than float32 resolves, and the target's
+    own logit is never raised. Matmuls run in ``dtype`` (the autocast dtype, as
+    ``nn.Linear`` would), the log-softmax in float32, as
+    ``F.cross_entropy(logits.float())``. Backward may run only once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ids: torch.Tensor,
+                dtype: torch.dtype, keep: bool) -> torch.Tensor:
+        x, w, b = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+        vocab = w.size(0)
+        floor = LOG_TINY + math.log(vocab) + 1
+        log_probs = _log_prob_buffer(ids.numel(), vocab, hidden.device)
+        ce = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
+        step = max(1, CE_BLOCK_ELEMENTS // vocab)
+        scratch = None if dtype == torch.float32 else torch.empty(step, vocab, dtype=dtype, device=hidden.device)
+        for start in range(0, ids.numel(), step):
+            block = slice(start, start + step)
+            idx = ids[block, None]
+            logits = log_probs[block]
+            if scratch is None:
+                torch.addmm(b, x[block], w.t(), out=logits)
+            else:
+                logits.copy_(torch.addmm(b, x[block], w.t(), out=scratch[:logits.size(0)]))
+            target = logits.gather(1, idx)
+            torch.maximum(logits, logits.amax(1, keepdim=True) + floor, out=logits)
+            raised = logits.gather(1, idx) - target  # what the floor added to the target logit (mostly 0)
+            torch.log_softmax(logits, 1, out=logits)
+            ce[block] = (raised - logits.gather(1, idx)).squeeze(1)
+        if keep:
+            ctx.save_for_backward(x, w, ids)
+            ctx.log_probs = log_probs
+            ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        else:
+            _spare_log_probs[:] = [log_probs]
+        return ce
+
+    @staticmethod
+    def backward(ctx, grad_ce: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.log_probs is None:
+            raise RuntimeError("backward through the fused cross-entropy can run only once")
+        x, w, ids = ctx.saved_tensors
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        log_probs, ctx.log_probs = ctx.log_probs, None
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros(w.shape, dtype=torch.promote_types(x.dtype, torch.float32), device=w.device)
+        grad_b = torch.zeros(w.size(0), dtype=torch.float32, device=w.device)
+        step = max(1, CE_BLOCK_ELEMENTS // w.size(0))
+        scratch = None if x.dtype == torch.float32 else torch.empty(step, w.size(0), dtype=x.dtype, device=x.device)
+        for start in range(0, ids.numel(), step):
+            block = slice(start, start + step)
+            # d ce / d logits = softmax - one_hot(ids), built in place of the log-probabilities, times the
+            # incoming per-row gradient g
+            grad = log_probs[block].exp_()
+            grad[torch.arange(grad.size(0), device=grad.device), ids[block]] -= 1
+            g = grad_ce[block, None]
+            grad_b.addmv_(grad.t(), g.squeeze(1))
+            if scratch is None:  # g scales the small factors: g * (G @ W) and G.T @ (g * x)
+                torch.mul(grad @ w, g, out=grad_x[block])
+                grad_w.addmm_(grad.t(), x[block] * g)
+            else:  # g scales G as it is rounded to the matmul dtype, as in F.cross_entropy's backward
+                grad = torch.mul(grad, g, out=scratch[:grad.size(0)])
+                torch.mm(grad, w, out=grad_x[block])
+                grad_w.add_(grad.t() @ x[block])
+        _spare_log_probs[:] = [log_probs]
+        return grad_x.to(hidden_dtype), grad_w.to(weight_dtype), grad_b.to(bias_dtype), None, None, None
+
+
+def token_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, ids: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example cross-entropy of ``lm_head(hidden)``, averaged over all positions or over ``mask == 1``."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+    inputs = (hidden.flatten(0, 1), lm_head.weight, lm_head.bias)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    with torch.autocast(device, enabled=False):
+        ce = _LinearCrossEntropy.apply(*inputs, ids.flatten(), dtype, keep).view(ids.shape)
     if mask is None:
         return ce.mean(dim=-1)
     mask = mask.to(ce.dtype)
@@ -97,7 +195,7 @@ def _rounding_and_tT(net: nn.Module, diffusion: GaussianDiffusion, x0: torch.Ten
                      ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     last = torch.full((x0.size(0),), diffusion.num_timesteps - 1, device=x0.device, dtype=torch.long)
     t_t = mean_flat(diffusion.q_mean(x0, last) ** 2)
-    rounding = token_cross_entropy(net.get_logits(x0), ids)
+    rounding = token_cross_entropy(x0, net.lm_head, ids)
     return rounding, t_t
 
 
@@ -121,7 +219,7 @@ def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.T
     terms = {"loss": mse + rounding + t_t, "mse": mse, "rounding": rounding, "tT": t_t}
     if with_nll:
         with torch.no_grad():
-            terms["nll"] = token_cross_entropy(net.get_logits(pred), ids, mask)
+            terms["nll"] = token_cross_entropy(pred, net.lm_head, ids, mask)
     return terms
 
 
@@ -149,5 +247,5 @@ def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, pena
              "penalty": pen, "distance": distance.detach(), "rounding": rounding, "tT": t_t}
     if with_nll:
         with torch.no_grad():
-            terms["nll"] = token_cross_entropy(net.get_logits(pred), ids, mask)
+            terms["nll"] = token_cross_entropy(pred, net.lm_head, ids, mask)
     return terms

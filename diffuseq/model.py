@@ -3,7 +3,8 @@
 Parameter names and shapes are exactly DiffuSeq's (``TransformerNetModel`` with a
 Hugging Face ``BertEncoder``), so its checkpoints load with ``load_state_dict``.
 The encoder is written here (same keys as ``BertEncoder``) so that the model
-needs no ``transformers`` import and uses PyTorch's fused attention.
+needs no ``transformers`` import and uses PyTorch's fused attention (except for
+CPU training with dropout, see :func:`attention_with_dropout`).
 """
 
 from __future__ import annotations
@@ -82,8 +83,26 @@ class BertSelfAttention(nn.Module):
         b, n, d = h.shape
         split = (b, n, self.num_heads, d // self.num_heads)
         q, k, v = (proj(h).view(split).transpose(1, 2) for proj in (self.query, self.key, self.value))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
+        if self.training and self.dropout_p > 0 and h.device.type == "cpu":
+            out = attention_with_dropout(q, k, v, self.dropout_p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p if self.training else 0.0)
         return out.transpose(1, 2).reshape(b, n, d)
+
+
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """dropout(softmax(q k^T / sqrt(d))) v over [batch, heads, n, d] tensors.
+
+    What ``scaled_dot_product_attention`` computes on a CPU with dropout (its
+    fused CPU kernel has none, so it falls back to the math backend), same
+    dropout draws included, without that backend's overheads: its float32
+    upcast of bf16 inputs and its guard against fully masked rows.
+    """
+    b, heads, n, d = q.shape
+    q, k, v = (x.reshape(b * heads, n, d) for x in (q, k, v))
+    scores = torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5)
+    probs = F.dropout(torch.softmax(scores, dim=-1), p)
+    return torch.bmm(probs, v).view(b, heads, n, d)
 
 
 class BertSelfOutput(nn.Module):
