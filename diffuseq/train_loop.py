@@ -116,7 +116,7 @@ class Trainer:
         self.params = list(self.model.parameters())
         self.ema_rates = cfg.ema_rates()
         self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.step = 0
 
         precision = cfg.precision
