@@ -21,7 +21,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
@@ -54,14 +54,14 @@ def parse_step(path: str | Path) -> int:
     return int(match.group(1))
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, rename; the old file stays intact on failure."""
+def _atomic_write(path: Path, mode: str, write: Callable[[IO], object]) -> None:
+    """Write through ``write`` to a temporary file beside ``path``, fsync, rename; on failure the old file stays."""
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -72,7 +72,7 @@ def atomic_save(obj: Any, path: Path) -> None:
             except OSError:
                 pass
         if isinstance(err, OSError):
-            raise UserError(f"cannot write {path}: {err.strerror or err}; earlier checkpoints are intact") from None
+            raise UserError(f"cannot write {path}: {err.strerror or err}; earlier files are intact") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -81,24 +81,14 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.close(dir_fd)
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically (temporary file in the same folder, fsync, rename)."""
+    _atomic_write(path, "wb", lambda handle: torch.save(obj, handle))
+
+
 def atomic_write_text(text: str, path: Path) -> None:
-    """Write a text file atomically (temporary file + rename)."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    """Write a text file atomically (temporary file in the same folder, fsync, rename)."""
+    _atomic_write(path, "w", lambda handle: handle.write(text))
 
 
 def safe_load(path: str | Path) -> Any:
