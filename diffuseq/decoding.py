@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -134,11 +134,11 @@ class ExampleNoise:
 
 def denoise(model: nn.Module, sampler: DiffusionSampler, x_start: torch.Tensor, mask: torch.Tensor,
             noise: ExampleNoise, clamp: NearestEmbedding | None, timings: dict[str, float] | None = None,
-            ) -> torch.Tensor:
+            on_step: Callable[[], object] | None = None) -> torch.Tensor:
     """Run the reverse process on a batch; source positions (``mask == 0``) stay ``x_start``.
 
     Returns x_0 after the last step. ``timings`` (if given) accumulates the seconds
-    spent in the network and in clamping.
+    spent in the network and in clamping; ``on_step`` (if given) is called after each step.
     """
     keep = mask.unsqueeze(-1).bool()
     x = torch.where(keep, noise.draw(), x_start)
@@ -159,6 +159,8 @@ def denoise(model: nn.Module, sampler: DiffusionSampler, x_start: torch.Tensor, 
                 timings["clamp"] = timings.get("clamp", 0.0) + time.perf_counter() - started
         x = sampler.step(pred_x0.to(x.dtype), index, x, noise.draw() if index > 0 else torch.zeros_like(x))
         x = torch.where(keep, x, x_start)
+        if on_step is not None:
+            on_step()
     return x
 
 
@@ -230,7 +232,7 @@ def decode_range(model: nn.Module, sampler: DiffusionSampler, vocab: Vocabulary,
     if show_progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=len(starts), desc=f"seed {seed}", unit="batch", dynamic_ncols=True)
+        bar = tqdm(total=len(starts) * sampler.num_steps, desc=f"seed {seed}", unit="step", dynamic_ncols=True)
     autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext())
     records = []
     for start in starts:
@@ -240,15 +242,13 @@ def decode_range(model: nn.Module, sampler: DiffusionSampler, vocab: Vocabulary,
         x_start = model.get_embeds(ids)
         noise = ExampleNoise(seed, range(start, stop), tuple(x_start.shape[1:]), device)
         with autocast:
-            x0 = denoise(model, sampler, x_start, mask, noise, clamp)
+            x0 = denoise(model, sampler, x_start, mask, noise, clamp, on_step=bar.update if bar is not None else None)
             tokens = model.get_logits(x0).argmax(dim=-1)
         for row_ids, row_tokens, row_mask in zip(ids.tolist(), tokens.tolist(), mask.tolist()):
             src_len = len(row_mask) - sum(row_mask)
             records.append({"recover": strip_pad(vocab.decode(row_tokens[src_len:])),
                             "reference": strip_pad(vocab.decode(row_ids[src_len:])),
                             "source": strip_pad(vocab.decode(row_ids[:src_len]))})
-        if bar is not None:
-            bar.update(1)
     if bar is not None:
         bar.close()
     return records
