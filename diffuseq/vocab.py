@@ -155,8 +155,10 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, out_file: Path) -> Wo
     tokenizer = BertWordPieceTokenizer(lowercase=True)
     tokenizer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False,
                                   special_tokens=list(WORDPIECE_SPECIALS))
-    vocab = tokenizer.get_vocab()
-    itos = sorted(vocab, key=vocab.get)
+    # The trainer's ids among equally frequent entries vary from process to process (hash-map order);
+    # sorting makes the same training text give the same vocabulary file, so runs are reproducible.
+    learned = sorted(tok for tok in tokenizer.get_vocab() if tok not in WORDPIECE_SPECIALS)
+    itos = list(WORDPIECE_SPECIALS) + learned
     out_file.write_text("\n".join(itos) + "\n", encoding="utf-8")
     logger.info("trained a WordPiece vocabulary of %d entries", len(itos))
     return WordPieceVocab(out_file)
