@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from diffuseq import dist_util  # noqa: E402
-from diffuseq.config import _ArgumentParser  # noqa: E402
+from diffuseq.config import CliArgumentParser  # noqa: E402
 from diffuseq.data import load_split  # noqa: E402
 from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, check_step_flag,  # noqa: E402
                                decode_to_files, load_checkpoint)
@@ -29,7 +29,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = _ArgumentParser(description=__doc__.splitlines()[0],
+    parser = CliArgumentParser(description=__doc__.splitlines()[0],
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model_path", required=True, help="modelNNNNNN.pt or ema_<rate>_NNNNNN.pt")
     parser.add_argument("--step", type=int, default=None,

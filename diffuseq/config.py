@@ -167,7 +167,7 @@ class TrainConfig:
         return cls.from_dict(values)
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class CliArgumentParser(argparse.ArgumentParser):
     """argparse that reports errors through ``UserError`` (one line, no usage dump)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -184,7 +184,7 @@ def _str2bool(text: str) -> bool:
 
 def build_parser(cls: type = TrainConfig, description: str = "") -> argparse.ArgumentParser:
     """A parser with one option per field that carries help (aliases and choices from the metadata)."""
-    parser = _ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = CliArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if "help" not in meta:
