@@ -20,6 +20,7 @@ from common import peak_memory_mb
 
 from diffuseq.decoding import DiffusionSampler, ExampleNoise, NearestEmbedding, SamplerConfig, denoise
 from diffuseq.model import EncoderConfig, TransformerNetModel
+from diffuseq.runtime import keep_freed_memory
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed decodes of the batch (median reported)")
     args = parser.parse_args()
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ import torch
 from common import peak_memory_mb, synthetic_dataset
 
 from diffuseq.config import parse_train_args
+from diffuseq.runtime import keep_freed_memory
 from diffuseq.train_loop import Trainer
 from diffuseq.vocab import load_vocab_from
 
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--penalty", action="store_true", help="with the distance penalty")
     parser.add_argument("--both", action="store_true", help="without, then with the distance penalty")
     args = parser.parse_args()
+    keep_freed_memory()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -102,20 +102,50 @@ class DiffusionSampler:
         return self.process.ddpm_step(x_t, t, pred_x0, noise)
 
 
+ARGMIN_BLOCK = 64  # vocabulary entries per block of the two-pass argmin
+
+
+def blocked_argmin(scores: torch.Tensor, block: int = ARGMIN_BLOCK) -> torch.Tensor:
+    """``scores.argmin(-1)`` of a [M, V] tensor with V a multiple of ``block``, in two vectorised passes.
+
+    The minimum of each block of ``block`` columns first, then the first block
+    holding the row's minimum, then the first minimum inside that block: the
+    same index as ``torch.argmin`` (ties go to the first column), but about 4x
+    faster on a CPU, whose argmin kernel is not vectorised.
+    """
+    rows, vocab = scores.shape
+    blocks = scores.view(rows, vocab // block, block)
+    best_block = blocks.amin(dim=-1).argmin(dim=-1)
+    inside = blocks[torch.arange(rows, device=scores.device), best_block].argmin(dim=-1)
+    return best_block * block + inside
+
+
 class NearestEmbedding:
     """Replace vectors by their nearest vocabulary embedding (L2), without a [V x N x d] tensor.
 
-    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): one matmul and an argmin.
+    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): one matmul and an
+    argmin. The vocabulary is padded to a multiple of ``ARGMIN_BLOCK`` with
+    entries at infinite distance, which are never chosen.
     """
 
     def __init__(self, embeddings: torch.Tensor) -> None:
         self.embeddings = embeddings
-        self.sq_norms = embeddings.float().pow(2).sum(-1).to(embeddings.dtype)
+        vocab, dim = embeddings.shape
+        padded = -(-vocab // ARGMIN_BLOCK) * ARGMIN_BLOCK
+        sq_norms = torch.full((padded,), math.inf, device=embeddings.device)
+        sq_norms[:vocab] = embeddings.float().pow(2).sum(-1)
+        self.sq_norms = sq_norms.to(embeddings.dtype)
+        scaled = embeddings.new_zeros(padded, dim)
+        scaled[:vocab] = embeddings * -2  # exact: a power of two
+        self.scaled_t = scaled.t().contiguous()
+
+    def nearest_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """Ids of the nearest embeddings of the vectors in ``x`` [..., d] (shape [...])."""
+        flat = x.reshape(-1, x.size(-1)).to(self.embeddings.dtype)
+        return blocked_argmin(torch.addmm(self.sq_norms, flat, self.scaled_t)).view(x.shape[:-1])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.size(-1)).to(self.embeddings.dtype)
-        scores = torch.addmm(self.sq_norms.unsqueeze(0), flat, self.embeddings.t(), alpha=-2.0)
-        return self.embeddings[scores.argmin(dim=-1)].reshape(x.shape).to(x.dtype)
+        return self.embeddings[self.nearest_ids(x)].to(x.dtype)
 
 
 class ExampleNoise:
@@ -140,20 +170,18 @@ def denoise(model: nn.Module, sampler: DiffusionSampler, x_start: torch.Tensor, 
     Returns x_0 after the last step. ``timings`` (if given) accumulates the seconds
     spent in the network and in clamping; ``on_step`` (if given) is called after each step.
     """
-    keep = mask.unsqueeze(-1).bool()
+    target = mask.bool()
+    keep = target.unsqueeze(-1)
     x = torch.where(keep, noise.draw(), x_start)
-    target_rows = mask.bool().reshape(-1)
     for index in sampler.timesteps:
         started = time.perf_counter()
-        pred_x0 = model(x, sampler.model_timesteps(index, x.size(0), x.device))
+        pred_x0 = model(x, sampler.model_timesteps(index, x.size(0), x.device), target)
         if timings is not None:
             _sync(x.device)
             timings["network"] = timings.get("network", 0.0) + time.perf_counter() - started
         if clamp is not None and sampler.clamps_at(index):
             started = time.perf_counter()
-            flat = pred_x0.reshape(-1, pred_x0.size(-1)).clone()
-            flat[target_rows] = clamp(flat[target_rows])
-            pred_x0 = flat.view_as(pred_x0)
+            pred_x0[target] = clamp(pred_x0[target])
             if timings is not None:
                 _sync(x.device)
                 timings["clamp"] = timings.get("clamp", 0.0) + time.perf_counter() - started

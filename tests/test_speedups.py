@@ -1,6 +1,9 @@
-"""The fast paths of a training step against the plain PyTorch computations they replace."""
+"""The fast paths of training and decoding against the plain PyTorch computations they replace."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,7 +12,9 @@ from torch import nn
 
 from diffuseq import losses
 from diffuseq.losses import token_cross_entropy
-from diffuseq.model import attention_with_dropout
+from diffuseq.decoding import blocked_argmin
+from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout, dropout
+from helpers import ROOT
 
 
 def _reference_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, ids: torch.Tensor,
@@ -66,14 +71,85 @@ def test_fused_cross_entropy_without_grad_and_backward_once():
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1])
-def test_attention_with_dropout_matches_sdpa(p):
+def test_attention_with_dropout_matches_sdpa_and_its_formula(p):
     q, k, v = (torch.randn(2, 3, 6, 8, requires_grad=True) for _ in range(3))
     grad = torch.randn(2, 3, 6, 8)
     results = []
-    for attend in (lambda: F.scaled_dot_product_attention(q, k, v, dropout_p=p),
+    for attend in (lambda: dropout(torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1), p) @ v,
                    lambda: attention_with_dropout(q, k, v, p)):
         torch.manual_seed(2)  # the same dropout draws
         out = attend()
         results.append([out.detach(), *torch.autograd.grad(out, (q, k, v), grad)])
     for got, expected in zip(results[1], results[0]):
         torch.testing.assert_close(got, expected)
+    if p == 0:
+        torch.testing.assert_close(results[1][0], F.scaled_dot_product_attention(q, k, v).detach())
+
+
+def test_dropout_rate_scale_gradient_and_seeding():
+    x = torch.full((1001, 999), 3.0, requires_grad=True)  # an odd number of elements
+    torch.manual_seed(0)
+    out = dropout(x, 0.1)
+    kept = out != 0
+    # 999,999 draws: the dropped share is 0.1 within 5 standard deviations (0.0015)
+    assert abs(1 - kept.double().mean().item() - 0.1) < 0.0015
+    assert torch.all(out[kept] == torch.tensor(3.0) * (1 / 0.9))
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x.detach(), 0.1), out.detach())  # the default generator drives it
+    assert dropout(x, 0.0) is x and dropout(x, 0.5, training=False) is x
+    assert torch.count_nonzero(dropout(x.detach(), 1.0)) == 0
+    # each of the 4 halves of the 64-bit draws is used: no element is tied to its neighbour
+    pairs = kept.flatten()[: 2 * 400_000].view(-1, 2)
+    assert abs((pairs[:, 0] & pairs[:, 1]).double().mean().item() - 0.81) < 0.005
+
+
+def test_blocked_argmin_is_torch_argmin_with_ties():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 5, (300, 128)).float()  # many ties: the first minimum must win
+    torch.testing.assert_close(blocked_argmin(scores, 64), scores.argmin(-1))
+    scores = torch.randn(50, 192)
+    scores[7, 100] = scores[7, 5] = -100.0
+    assert blocked_argmin(scores, 64)[7] == 5
+    torch.testing.assert_close(blocked_argmin(scores, 64), scores.argmin(-1))
+
+
+def test_forward_on_named_rows_equals_the_full_forward_there():
+    torch.manual_seed(0)
+    model = TransformerNetModel(40, 16, 16, 0.1, EncoderConfig(2, 32, 4, 64)).eval()
+    x, t = torch.randn(3, 10, 16), torch.tensor([5.0, 500.0, 900.0])
+    rows = torch.rand(3, 10) < 0.6
+    with torch.no_grad():
+        full, partial = model(x, t), model(x, t, rows)
+    torch.testing.assert_close(partial[rows], full[rows])
+    assert torch.count_nonzero(partial[~rows]) == 0
+
+
+ALLOCATION_LOOP = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from diffuseq.runtime import keep_freed_memory
+if {apply}:
+    assert keep_freed_memory() and keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    torch.ones(10 * 2**20).add_(torch.ones(2**21).sum())
+before = faults()
+for _ in range(20):
+    torch.ones(10 * 2**20).add_(torch.ones(2**21).sum())  # 40 MB and 8 MB, written and freed
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_keep_freed_memory_stops_page_faults_on_repeated_allocations():
+    def faults(apply: bool) -> int:
+        code = ALLOCATION_LOOP.format(root=str(ROOT), apply=apply)
+        return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    # the 40 MB block is 10,240 pages: mapped afresh in each of the 20 rounds by default (glibc maps
+    # blocks above 32 MB), reused once kept (the heap may still grow once or twice)
+    default, kept = faults(False), faults(True)
+    assert default > 20 * 10_000
+    assert kept < 3 * 10_240 + 20 * 500
