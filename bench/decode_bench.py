@@ -2,11 +2,13 @@
 
 Default configuration (the issue's reference point): BERT encoder 4 layers / 256 / 4 heads / 1024,
 seq_len 64, hidden_dim 128, T 2000 sqrt, an 8,000-word vocabulary, batch 32, clamping at every step,
-one torch thread, fp32.
+one torch thread, fp32. The first half of each sequence is the source (``--source_len``): the last
+layer and the clamping run on the target positions only, so the source share moves the figures.
 
     python bench/decode_bench.py --respacing adp_20
     python bench/decode_bench.py --respacing adp_20 --dtype bf16
     python bench/decode_bench.py --respacing ""            # all 2000 steps
+    python bench/decode_bench.py --source_len 16           # a quarter of each sequence is source
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def main() -> None:
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--diff_steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--source_len", type=int, default=None,
+                        help="source positions at the start of each sequence (default: half of seq_len)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--no_clamp", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
@@ -54,7 +58,8 @@ def main() -> None:
     embeddings = model.word_embedding.weight.detach()
     clamp = None if args.no_clamp else NearestEmbedding(embeddings.to(dtype) if dtype else embeddings)
     ids = torch.randint(5, args.vocab_size, (args.batch, args.seq_len), device=device)
-    mask = (torch.arange(args.seq_len, device=device) >= args.seq_len // 2).long().expand(args.batch, -1)
+    source_len = args.seq_len // 2 if args.source_len is None else args.source_len
+    mask = (torch.arange(args.seq_len, device=device) >= source_len).long().expand(args.batch, -1)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     runs = []
     with torch.inference_mode(), autocast:
@@ -71,6 +76,7 @@ def main() -> None:
     steps = sampler.num_steps
     print(f"config: {args.layers} layers / {args.hidden} / {args.heads} heads / {args.ffn}, seq_len {args.seq_len}, "
           f"hidden_dim {args.hidden_dim}, T {args.diff_steps}, vocab {args.vocab_size}, batch {args.batch}, "
+          f"{source_len} source positions, "
           f"respacing {args.respacing or 'all'} ({steps} steps), clamp {'off' if args.no_clamp else 'every step'}, "
           f"{args.dtype}, {args.threads} thread(s), {device}")
     print(f"per denoising step: {1000 * total / steps:.1f} ms (network {1000 * timings['network'] / steps:.1f} ms, "
