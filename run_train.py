@@ -15,15 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from diffuseq.config import parse_train_args  # noqa: E402
 from diffuseq.errors import run_cli  # noqa: E402
-from diffuseq.runtime import keep_freed_memory  # noqa: E402
+from diffuseq.runtime import start_command  # noqa: E402
 
 
 def main() -> int:
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    rank = start_command()
     cfg = parse_train_args(sys.argv[1:])
-    keep_freed_memory()
     from diffuseq.train_loop import train
 
     folder = train(cfg)

@@ -23,7 +23,7 @@ from diffuseq.data import load_split  # noqa: E402
 from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, check_step_flag,  # noqa: E402
                                decode_to_files, load_checkpoint)
 from diffuseq.errors import UserError, run_cli  # noqa: E402
-from diffuseq.runtime import keep_freed_memory  # noqa: E402
+from diffuseq.runtime import start_command  # noqa: E402
 
 logger = logging.getLogger("sample_seq2seq")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,11 +59,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main() -> int:
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    start_command()
     args = parse_args(sys.argv[1:])
-    keep_freed_memory()
     device = dist_util.setup()
     try:
         return decode(args, device)

@@ -1,4 +1,4 @@
-"""Process-wide memory setting that makes CPU training and decoding faster.
+"""Process-wide start-up of the command-line entry points: per-rank logging and the memory setting.
 
 glibc's ``malloc`` serves large blocks with ``mmap`` and gives freed memory at
 the top of the heap back to the OS. A training or denoising step allocates and
@@ -6,7 +6,7 @@ frees the same MB-sized activations again and again, so every step maps fresh
 pages that the kernel must zero on first touch: about 10,000 page faults per
 forward pass of the benchmark model (10% of its time) and 27,000 per training
 step. :func:`keep_freed_memory` makes ``malloc`` serve every block from the heap
-and keep freed memory for reuse; the peak resident memory stays the same.
+and keep freed memory for reuse; the peak resident memory stays about the same.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -42,3 +43,15 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     _applied = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREE_BYTES))
     return _applied
+
+
+def start_command() -> int:
+    """Log at INFO on rank 0 and WARNING elsewhere, with the rank in every line; keep freed memory.
+
+    Returns this process's rank (0 outside a distributed launch).
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    keep_freed_memory()
+    return rank
