@@ -3,6 +3,9 @@
     python run_train.py --data_dir datasets/wordnet --vocab train ...            # one process
     torchrun --nproc_per_node=4 run_train.py ...                                 # DDP (gloo on CPU, nccl on GPU)
     python -m torch.distributed.launch --nproc_per_node=4 --use_env run_train.py ...
+
+Stopped with Ctrl-C or SIGTERM, it saves a checkpoint and exits with 130 / 143; the same
+command started again continues from it.
 """
 
 from __future__ import annotations
@@ -23,9 +26,15 @@ def main() -> int:
     cfg = parse_train_args(sys.argv[1:])
     from diffuseq.train_loop import train
 
-    folder = train(cfg)
+    trainer = train(cfg)
+    log = logging.getLogger("run_train")
+    if trainer.stopped_by:
+        if rank == 0:
+            log.warning("stopped at step %d by signal %d (checkpoint saved in %s); the same command continues it",
+                        trainer.step, trainer.stopped_by, trainer.dir)
+        return 128 + trainer.stopped_by
     if rank == 0:
-        logging.getLogger("run_train").info("done: checkpoints in %s", folder)
+        log.info("done: checkpoints in %s", trainer.dir)
     return 0
 
 

@@ -16,16 +16,16 @@ arbitrary unpickling is refused.
 
 from __future__ import annotations
 
-import os
+import hashlib
 import pickle
 import re
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import torch
 
 from .errors import UserError
+from .fileio import atomic_write, atomic_write_text  # noqa: F401 (atomic_write_text: part of this module's API)
 
 _STEP_RE = re.compile(r"^(?:model|opt|trainstate|ema_[0-9.]+_)(\d{6,})\.pt$")
 
@@ -48,63 +48,60 @@ def trainstate_name(step: int) -> str:
 
 def parse_step(path: str | Path) -> int:
     """The step K of ``modelK.pt`` / ``ema_<rate>_K.pt`` / ``optK.pt``."""
-    match = _STEP_RE.match(Path(path).name)
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt") if _STEP_RE.match(p.name)
+                       and p.name.startswith(("ema_", "model")))
+        hint = f", e.g. {path / found[0]}" if found else ""
+        raise UserError(f"{path} is a folder: give a checkpoint file in it{hint}")
+    match = _STEP_RE.match(path.name)
     if not match:
         raise UserError(f"{path}: expected a checkpoint named modelNNNNNN.pt or ema_<rate>_NNNNNN.pt")
     return int(match.group(1))
 
 
-def _atomic_write(path: Path, mode: str, write: Callable[[IO], object]) -> None:
-    """Write through ``write`` to a temporary file beside ``path``, fsync, rename; on failure the old file stays."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write {path}: {err.strerror or err}; earlier files are intact") from None
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` atomically (temporary file in the same folder, fsync, rename)."""
-    _atomic_write(path, "wb", lambda handle: torch.save(obj, handle))
+    atomic_write(path, "wb", lambda handle: torch.save(obj, handle))
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write a text file atomically (temporary file in the same folder, fsync, rename)."""
-    _atomic_write(path, "w", lambda handle: handle.write(text))
+def _first_words(text: str, limit: int = 160) -> str:
+    """The first line of ``text``, shortened at a word boundary."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def safe_load(path: str | Path) -> Any:
     """Load a checkpoint file with ``weights_only=True``; refuse anything that needs arbitrary unpickling."""
     path = Path(path)
+    if path.is_dir():
+        parse_step(path)  # names a checkpoint in the folder
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        raise UserError(f"cannot read checkpoint {path}: it is not a PyTorch checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported content"
         raise UserError(f"refusing to load {path}: it is not a plain state dict and would need arbitrary "
-                        f"unpickling ({first[:120]})") from None
+                        f"unpickling ({_first_words(str(err)) or 'unsupported content'})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first[:200]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {_first_words(str(err)) or type(err).__name__}") from None
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """Which file this is: absolute path, size, modification time and SHA-256 of the content."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
 
 
 def complete_steps(folder: Path) -> list[int]:

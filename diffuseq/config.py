@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,9 @@ class TrainConfig:
     dataset: str = _opt("", "dataset name (used in the default checkpoint folder name)")
     data_dir: str = _opt("", "folder with train.jsonl / valid.jsonl / test.jsonl")
     vocab: str = _opt("bert", "'bert' (bert-base-uncased from the local HF cache), 'train' (build a WordPiece "
-                              "vocabulary from the training split) or a path to a vocab file / tokenizer folder")
+                              "vocabulary from the training split) or a path to a vocab file / tokenizer folder. "
+                              "training_args.json keeps DiffuSeq's meaning: 'bert' for any WordPiece vocabulary "
+                              "(read from the folder named by config_name), else the word-list path")
     vocab_size: int = _opt(8000, "size of the vocabulary built by --vocab train (the actual size is saved)")
     seq_len: int = _opt(128, "length of src [SEP] trg sequences, padding included")
     # diffusion
@@ -50,9 +54,14 @@ class TrainConfig:
     intermediate_size: int | None = _opt(None, "override the encoder's feed-forward size")
     dropout: float = _opt(0.1, "dropout of the embeddings and encoder layers")
     # optimisation
-    lr: float = _opt(1e-4, "peak learning rate (decays linearly to 0 over --learning_steps)")
-    batch_size: int = _opt(2048, "global batch size, split across processes and microbatches", "--bsz")
-    microbatch: int = _opt(64, "examples per forward/backward pass within a process (-1: the whole batch)")
+    lr: float = _opt(1e-4, "learning rate (see --lr_schedule)")
+    lr_schedule: str = _opt("", "'linear': decay to 0 over --learning_steps (DiffuSeq); 'constant' (Bridge-Gap, whose "
+                                "annealing is commented out); default: constant with --simi_penalty, else linear",
+                            choices=("", "linear", "constant"))
+    batch_size: int = _opt(2048, "batch size per process, as in DiffuSeq (the global batch is this times the "
+                                 "number of processes)", "--bsz")
+    microbatch: int = _opt(64, "examples per forward/backward pass (-1: the whole batch); as in DiffuSeq, the "
+                               "gradient is the sum of the microbatches' mean losses")
     learning_steps: int = _opt(320000, "total optimizer steps")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     gradient_clipping: float = _opt(-1.0, "clip the gradient norm to this value (<= 0: off)")
@@ -64,44 +73,84 @@ class TrainConfig:
     # distance penalty post-training (Tang et al. 2023)
     simi_penalty: str = _opt("", "distance penalty ('' = off)",
                              choices=("", "l2", "l2_noise", "l2_noise_random", "cosine", "kl"))
-    simi_lambda: float = _opt(-2.0, "penalty weight (negative; the penalty is -simi_lambda * distance)")
-    simi_step: int = _opt(10, "neighbour offset t +- simi_step for l2 / cosine / kl")
+    simi_lambda: float = _opt(-2.0, "penalty weight: <= 0 for l2* (penalty -lambda * distance), >= 0 for kl, either "
+                                     "sign for cosine (as Bridge-Gap)")
+    simi_step: int = _opt(10, "neighbour offset: t +- simi_step for l2 / cosine, teacher t - simi_step for kl")
     simi_noise: float = _opt(0.05, "noise-level window for l2_noise / l2_noise_random")
     # bookkeeping
     checkpoint_path: str = _opt("", "output folder (default: a name from the main flags under diffusion_models/)")
-    resume_checkpoint: str = _opt("", "modelNNNNNN.pt / ema_<rate>_NNNNNN.pt to start from, or 'auto' for the "
-                                      "newest complete checkpoint in --checkpoint_path")
+    resume_checkpoint: str = _opt("", "modelNNNNNN.pt / ema_<rate>_NNNNNN.pt to start from ('none': from scratch), "
+                                      "or 'auto' for the newest complete checkpoint in --checkpoint_path. In the "
+                                      "same folder the run continues exactly; from another folder (post-training) "
+                                      "it takes the weights and EMA and starts a fresh optimizer, as DiffuSeq")
     save_interval: int = _opt(50000, "save a checkpoint every this many steps (and at the end)")
     log_interval: int = _opt(20, "log the losses every this many steps")
     eval_interval: int = _opt(1000, "compute the validation loss every this many steps (<= 0: never)")
     notes: str = _opt("", "free text, part of the default folder name")
     wandb: bool = _opt(False, "log to Weights & Biases (also when WANDB_MODE is set)")
-    # fixed DiffuSeq settings, kept so its tools read our training_args.json
-    timestep_respacing: str = ""
-    learn_sigma: bool = False
-    predict_xstart: bool = True
-    rescale_timesteps: bool = True
-    sigma_small: bool = False
-    emb_scale_factor: float = 1.0
-    use_plm_init: str = "no"
+    use_plm_init: str = _opt("no", "'bert': start the word embeddings, position embeddings and encoder from BERT "
+                                   "weights (the folder named by --config_name, or bert-base-uncased in the local "
+                                   "Hugging Face cache)", choices=("no", "bert"))
+    vocab_source: str = ""  # the --vocab flag the folder's vocabulary came from ("vocab" keeps DiffuSeq's meaning)
+    # DiffuSeq / Bridge-Gap settings that this project supports at one value only (see FIXED_SETTINGS)
+    timestep_respacing: str = _opt("", "fixed: training uses all T steps (respacing is a decoding option)")
+    learn_sigma: bool = _opt(False, "fixed: False")
+    predict_xstart: bool = _opt(True, "fixed: True")
+    rescale_timesteps: bool = _opt(True, "fixed: True")
+    sigma_small: bool = _opt(False, "fixed: False (a training key of DiffuSeq; see sample_seq2seq.py --sigma_small)")
+    rescale_learned_sigmas: bool = _opt(False, "fixed: False")
+    use_kl: bool = _opt(False, "fixed: False")
+    emb_scale_factor: float = _opt(1.0, "fixed: 1.0")
+    fp16_scale_growth: float = _opt(0.001, "fixed: 0.001 (fp16 here uses torch's GradScaler)")
+    near_step: int = _opt(0, "Bridge-Gap's near/far penalty: not supported (0)")
+    far_step: int = _opt(0, "Bridge-Gap's near/far penalty: not supported (0)")
+    near_lambda: float = _opt(0.0, "Bridge-Gap's near/far penalty: not supported (0)")
+    far_lambda: float = _opt(0.0, "Bridge-Gap's near/far penalty: not supported (0)")
+    # the flags given on the command line (not saved): what a checkpoint's settings may not contradict
+    given: frozenset = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
 
     # -- derived values -----------------------------------------------------
 
     def validate(self) -> None:
         """Reject settings that cannot work, with one clear message."""
+        for name, (value, why) in FIXED_SETTINGS.items():
+            if getattr(self, name) != value:
+                raise UserError(f"--{name} {getattr(self, name)} is not supported: {why}")
+        if self.resume_checkpoint.lower() == "none":
+            self.resume_checkpoint = ""
         if self.diffusion_steps < 2:
             raise UserError(f"--diff_steps must be at least 2, got {self.diffusion_steps}")
         if self.noise_schedule not in ("sqrt", "linear", "cosine"):
             raise UserError(f"unknown --noise_schedule {self.noise_schedule!r}; choose sqrt, linear or cosine")
         if self.schedule_sampler not in ("uniform", "lossaware"):
             raise UserError(f"unknown --schedule_sampler {self.schedule_sampler!r}; choose uniform or lossaware")
-        for name in ("batch_size", "learning_steps", "save_interval", "log_interval", "hidden_dim", "hidden_t_dim"):
+        for name in ("batch_size", "learning_steps", "save_interval", "log_interval", "hidden_dim", "hidden_t_dim",
+                     "seq_len", "vocab_size", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.microbatch == 0 or self.microbatch < -1:
+            raise UserError(f"--microbatch must be positive (or -1 for the whole batch), got {self.microbatch}")
+        if not self.lr >= 0:
+            raise UserError(f"--lr must be a non-negative number, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if self.simi_penalty in ("l2", "cosine", "kl") and not 1 <= self.simi_step < self.diffusion_steps:
+            raise UserError(f"--simi_step must be in 1..{self.diffusion_steps - 1} (below the model's T = "
+                            f"{self.diffusion_steps}), got {self.simi_step}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.simi_penalty.startswith("l2") and self.simi_lambda > 0:
+            raise UserError(f"--simi_lambda {self.simi_lambda}: the {self.simi_penalty} penalty needs a weight <= 0 "
+                            f"(it adds -simi_lambda * distance; the paper uses -2), as in Bridge-Gap")
+        if self.simi_penalty == "kl" and self.simi_lambda < 0:
+            raise UserError(f"--simi_lambda {self.simi_lambda}: the kl penalty needs a weight >= 0 (it adds "
+                            f"simi_lambda * KL), as in Bridge-Gap")
         self.ema_rates()
         self.encoder_config()
+
+    def resolved_lr_schedule(self) -> str:
+        """``--lr_schedule``, or its default: constant for post-training with a penalty (Bridge-Gap), else linear."""
+        return self.lr_schedule or ("constant" if self.simi_penalty else "linear")
 
     def ema_rates(self) -> list[str]:
         rates = [r.strip() for r in str(self.ema_rate).split(",") if r.strip()]
@@ -114,12 +163,19 @@ class TrainConfig:
                 raise UserError(f"--ema_rate must be comma-separated numbers in [0, 1), got {self.ema_rate!r}")
         return rates
 
-    def encoder_config(self) -> EncoderConfig:
-        """The BERT encoder size: ``config_name`` with any explicit overrides."""
+    def encoder_config(self, folder: Path | None = None) -> EncoderConfig:
+        """The BERT encoder size: ``config_name`` with any explicit overrides.
+
+        ``config_name`` is bert-base-uncased, or a BERT ``config.json`` (or a folder holding
+        one). A checkpoint ``folder`` holding its own ``config.json`` (written by training
+        here) is used when ``config_name`` points to a folder that has since moved.
+        """
         if self.config_name in BERT_BASE_NAMES or not self.config_name:
             base = EncoderConfig()
         elif Path(self.config_name).exists():
             base = EncoderConfig.from_bert_config(self.config_name)
+        elif folder is not None and (Path(folder) / "config.json").is_file():
+            base = EncoderConfig.from_bert_config(Path(folder) / "config.json")
         else:
             raise UserError(f"--config_name {self.config_name!r} is neither bert-base-uncased nor a BERT config.json")
         overrides = {name: getattr(self, name) for name in ("num_layers", "num_heads", "hidden_size",
@@ -135,13 +191,18 @@ class TrainConfig:
 
     # -- serialisation ------------------------------------------------------
 
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The settings saved in ``training_args.json``."""
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        return json.dumps({name: getattr(self, name) for name in self.field_names()}, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """A config from a ``training_args.json`` dict (ours or DiffuSeq's); unknown keys are ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls.field_names())
         values = dict(values)
         if "diff_steps" in values and "diffusion_steps" not in values:
             values["diffusion_steps"] = values["diff_steps"]
@@ -167,6 +228,23 @@ class TrainConfig:
         return cls.from_dict(values)
 
 
+FIXED_SETTINGS: dict[str, tuple[Any, str]] = {
+    "timestep_respacing": ("", "training runs on all T steps; respace when decoding (--decode_respacing)"),
+    "learn_sigma": (False, "the denoiser predicts x_0 only (DiffuSeq's setting)"),
+    "predict_xstart": (True, "the denoiser predicts x_0 (DiffuSeq's setting)"),
+    "rescale_timesteps": (True, "timesteps are always rescaled to [0, 1000) (DiffuSeq's setting)"),
+    "sigma_small": (False, "it is unused in training (for decoding see sample_seq2seq.py --sigma_small)"),
+    "rescale_learned_sigmas": (False, "sigmas are not learned"),
+    "use_kl": (False, "the loss is DiffuSeq's mse + rounding + tT"),
+    "emb_scale_factor": (1.0, "DiffuSeq never applies it to a TransformerNetModel"),
+    "fp16_scale_growth": (0.001, "--use_fp16 uses torch's GradScaler, which sets its own growth"),
+    "near_step": (0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
+    "far_step": (0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
+    "near_lambda": (0.0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
+    "far_lambda": (0.0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
+}
+
+
 class CliArgumentParser(argparse.ArgumentParser):
     """argparse that reports errors through ``UserError`` (one line, no usage dump)."""
 
@@ -183,27 +261,46 @@ def _str2bool(text: str) -> bool:
 
 
 def build_parser(cls: type = TrainConfig, description: str = "") -> argparse.ArgumentParser:
-    """A parser with one option per field that carries help (aliases and choices from the metadata)."""
-    parser = CliArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """A parser with one option per field that carries help (aliases and choices from the metadata).
+
+    Options have no argparse defaults, so the parsed namespace holds exactly the flags given;
+    the defaults are the dataclass's (shown in the help).
+    """
+    parser = CliArgumentParser(description=description, argument_default=argparse.SUPPRESS)
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if "help" not in meta:
             continue
         names = [f"--{f.name}", *meta.get("aliases", ())]
         kind = f.type if isinstance(f.type, str) else f.type.__name__
+        text = f"{meta['help']} (default: {f.default!r})"
         if kind == "bool":
-            parser.add_argument(*names, dest=f.name, type=_str2bool, nargs="?", const=True, default=f.default,
-                                help=meta["help"])
+            parser.add_argument(*names, dest=f.name, type=_str2bool, nargs="?", const=True, help=text)
         else:
             conv = {"int": int, "float": float, "str": str, "int | None": int}[kind]
-            parser.add_argument(*names, dest=f.name, type=conv, default=f.default, help=meta["help"],
-                                choices=meta.get("choices"))
+            parser.add_argument(*names, dest=f.name, type=conv, help=text, choices=meta.get("choices"))
     return parser
+
+
+def expand_app(argv: Sequence[str]) -> list[str]:
+    """DiffuSeq's ``--app "FLAGS"`` (extra flags in one string) spliced into the command line."""
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--app" and args:
+            out += shlex.split(args.pop(0))
+        elif arg.startswith("--app="):
+            out += shlex.split(arg[len("--app="):])
+        else:
+            out.append(arg)
+    return out
 
 
 def parse_train_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse ``run_train.py``'s command line into a validated config."""
     parser = build_parser(description="Train (or post-train) a DiffuSeq diffusion model.")
-    cfg = TrainConfig.from_dict(vars(parser.parse_args(argv)))
+    given = vars(parser.parse_args(expand_app(argv if argv is not None else sys.argv[1:])))
+    cfg = TrainConfig.from_dict(given)
+    cfg.given = frozenset(given)
     cfg.validate()
     return cfg

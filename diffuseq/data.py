@@ -27,8 +27,13 @@ def read_jsonl_pairs(path: Path, max_examples: int | None = None) -> list[tuple[
     if not path.is_file():
         raise UserError(f"data file {path} does not exist")
     pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                f"{err.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -50,7 +55,9 @@ def split_path(data_dir: Path, split: str) -> Path:
     """``data_dir/<split>.jsonl``, with a clear error when the folder or split is missing."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"data folder {data_dir} does not exist")
+        raise UserError(f"data folder {data_dir} does not exist" + (
+            " (a relative path is read from the current folder; pass --data_dir)" if not data_dir.is_absolute()
+            else ""))
     path = data_dir / f"{split}.jsonl"
     if not path.is_file():
         raise UserError(f"data folder {data_dir} has no {split}.jsonl")

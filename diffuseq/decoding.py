@@ -12,6 +12,7 @@ batch size, the batching or the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import dist_util
+from . import dist_util, outputs
 from .config import TrainConfig
 from .data import Seq2SeqData
 from .errors import UserError
@@ -41,13 +42,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SamplerConfig:
-    """Everything that defines the reverse process of a decode."""
+    """Everything that defines the reverse process of a decode (DiffuSeq's flag names)."""
 
     num_train_timesteps: int = 2000
     noise_schedule: str = "sqrt"
     respacing: str = ""
     eta: float = -1.0
     clamp_step: int = 0
+    clip_denoised: bool = False
+    top_p: float = 0.0
+    sigma_small: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,14 +63,24 @@ class SamplerConfig:
 
 
 class DiffusionSampler:
-    """DDPM (``eta < 0``) or DDIM (``eta >= 0``) reverse steps over a respaced process.
+    """DDPM (``eta < 0``) or DDIM (``eta >= 0``) reverse steps over a respaced process, as DiffuSeq's.
 
-    Clamping: with ``clamp_step == 0`` (DiffuSeq's default) the x_0 prediction is
-    replaced by its nearest word embedding at every step; with ``clamp_step = K > 0``
-    only at steps whose original timestep is below K.
+    * DDPM noise has DiffuSeq's fixed-large variance (``sigma_small``: the posterior variance),
+      truncated to ``|noise| <= top_p`` when ``top_p > 0`` (DiffuSeq's ``--top_p``).
+    * Clamping (``clamp_first`` in DiffuSeq's sample script): at respaced index i (counting down
+      from N-1), the x_0 prediction is replaced by its nearest word embedding while
+      ``i >= clamp_step``; so 0 clamps at every step.
+    * ``clip_denoised`` then clips the x_0 prediction to [-1, 1].
     """
 
     def __init__(self, config: SamplerConfig) -> None:
+        if config.clamp_step < 0:
+            raise UserError(f"--clamp_step must be >= 0 (0 clamps at every step, K only while the respaced index "
+                            f"is >= K), got {config.clamp_step}")
+        if config.eta > 1:
+            raise UserError(f"--eta must be -1 (DDPM) or in [0, 1] (DDIM), got {config.eta}")
+        if not config.top_p >= 0:
+            raise UserError(f"--top_p must be >= 0 (0: no noise truncation), got {config.top_p}")
         self.config = config
         self.base = GaussianDiffusion.from_schedule(config.noise_schedule, config.num_train_timesteps)
         self.set_timesteps(config.respacing)
@@ -76,7 +90,7 @@ class DiffusionSampler:
         return cls(SamplerConfig.from_dict(values))
 
     def set_timesteps(self, respacing: str) -> None:
-        """Keep the steps named by ``respacing`` (``""``, ``N``, ``a,b,c``, ``ddimN``, ``adp_N``)."""
+        """Keep the steps named by ``respacing`` (``""``, ``N``, ``a,b,c``, ``[a,b,c]``, ``ddimN``, ``adp_N``)."""
         kept = space_timesteps(self.config.num_train_timesteps, respacing)
         self.config.respacing = respacing
         self.process = respaced_diffusion(self.base, kept)
@@ -86,20 +100,38 @@ class DiffusionSampler:
     def num_steps(self) -> int:
         return self.process.num_timesteps
 
+    @property
+    def is_ddim(self) -> bool:
+        return self.config.eta >= 0
+
+    @property
+    def noise_top_p(self) -> float:
+        """The truncation of the step noise: DiffuSeq's ``--top_p`` for DDPM steps (its DDIM has none)."""
+        return 0.0 if self.is_ddim else self.config.top_p
+
     def model_timesteps(self, index: int, batch: int, device: torch.device) -> torch.Tensor:
         """The float timesteps the network sees at respaced step ``index``."""
         return self.process.scale_timesteps(torch.full((batch,), index, dtype=torch.long, device=device))
 
     def clamps_at(self, index: int) -> bool:
         """Whether the x_0 prediction is clamped at respaced step ``index``."""
-        return self.config.clamp_step <= 0 or int(self.process.timestep_map[index]) < self.config.clamp_step
+        return index >= self.config.clamp_step
+
+    def denoised(self, pred_x0: torch.Tensor, index: int, clamp: "NearestEmbedding | None",
+                 target: torch.Tensor) -> torch.Tensor:
+        """The x_0 prediction as the step uses it: clamped on ``target`` positions, then clipped."""
+        if clamp is not None and self.clamps_at(index):
+            pred_x0[target] = clamp(pred_x0[target])
+        if self.config.clip_denoised:
+            pred_x0 = pred_x0.clamp(-1, 1)
+        return pred_x0
 
     def step(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_{t-1} from x_t and the (possibly clamped) x_0 prediction at respaced step ``index``."""
+        """x_{t-1} from x_t and the (clamped) x_0 prediction at respaced step ``index``."""
         t = torch.full((x_t.size(0),), index, dtype=torch.long, device=x_t.device)
-        if self.config.eta >= 0:
+        if self.is_ddim:
             return self.process.ddim_step(x_t, t, pred_x0, noise, eta=self.config.eta)
-        return self.process.ddpm_step(x_t, t, pred_x0, noise)
+        return self.process.ddpm_step(x_t, t, pred_x0, noise, sigma_small=self.config.sigma_small)
 
 
 ARGMIN_BLOCK = 64  # vocabulary entries per block of the two-pass argmin
@@ -156,10 +188,22 @@ class ExampleNoise:
         self.generators = [torch.Generator().manual_seed((seed * 1_000_003 + int(i)) % (2**63 - 1)) for i in indices]
         self.shape, self.device, self.dtype = shape, device, dtype
 
-    def draw(self) -> torch.Tensor:
-        """The next draw of every example, stacked into [B, *shape]."""
-        noise = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
-        return noise.to(self.device, self.dtype)
+    def draw(self, top_p: float = 0.0) -> torch.Tensor:
+        """The next draw of every example, stacked into [B, *shape].
+
+        With ``top_p > 0``, entries with ``|z| > top_p`` are drawn again (from the same
+        example's generator) until none is left, as DiffuSeq's ``p_sample``.
+        """
+        draws = []
+        for gen in self.generators:
+            z = torch.randn(self.shape, generator=gen)
+            if top_p > 0:
+                outside = z.abs() > top_p
+                while outside.any():
+                    z[outside] = torch.randn(int(outside.sum()), generator=gen)
+                    outside = z.abs() > top_p
+            draws.append(z)
+        return torch.stack(draws).to(self.device, self.dtype)
 
 
 def denoise(model: nn.Module, sampler: DiffusionSampler, x_start: torch.Tensor, mask: torch.Tensor,
@@ -171,22 +215,22 @@ def denoise(model: nn.Module, sampler: DiffusionSampler, x_start: torch.Tensor, 
     spent in the network and in clamping; ``on_step`` (if given) is called after each step.
     """
     target = mask.bool()
-    keep = target.unsqueeze(-1)
-    x = torch.where(keep, noise.draw(), x_start)
+    is_target = target.unsqueeze(-1)
+    x = torch.where(is_target, noise.draw(), x_start)
     for index in sampler.timesteps:
         started = time.perf_counter()
         pred_x0 = model(x, sampler.model_timesteps(index, x.size(0), x.device), target)
         if timings is not None:
             _sync(x.device)
             timings["network"] = timings.get("network", 0.0) + time.perf_counter() - started
-        if clamp is not None and sampler.clamps_at(index):
             started = time.perf_counter()
-            pred_x0[target] = clamp(pred_x0[target])
-            if timings is not None:
-                _sync(x.device)
-                timings["clamp"] = timings.get("clamp", 0.0) + time.perf_counter() - started
-        x = sampler.step(pred_x0.to(x.dtype), index, x, noise.draw() if index > 0 else torch.zeros_like(x))
-        x = torch.where(keep, x, x_start)
+        pred_x0 = sampler.denoised(pred_x0, index, clamp, target)
+        if timings is not None:
+            _sync(x.device)
+            timings["clamp"] = timings.get("clamp", 0.0) + time.perf_counter() - started
+        step_noise = noise.draw(sampler.noise_top_p) if index > 0 else torch.zeros_like(x)
+        x = sampler.step(pred_x0.to(x.dtype), index, x, step_noise)
+        x = torch.where(is_target, x, x_start)
         if on_step is not None:
             on_step()
     return x
@@ -197,30 +241,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str) -> str:
-    """Reconcile ``--step`` with the model's T and ``--decode_respacing``; return the respacing to use.
+def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str, eta: float) -> tuple[str, float]:
+    """Reconcile ``--step`` with the model's T and ``--decode_respacing``; return (respacing, eta).
 
-    ``--step T`` (or none) keeps the respacing; ``--step S < T`` without a respacing
-    means S evenly spaced steps; anything else conflicts and is an error.
+    ``--step T`` (or none) keeps the respacing. ``--step S < T`` without a respacing is
+    DiffuSeq's DDIM with S steps (eta 0 unless ``--eta`` is given), over S evenly spaced steps
+    ending at t = 0: DiffuSeq's own loop (stride T // S from T - 1) never reaches t = 0.
+    Anything else conflicts and is an error.
     """
     if step is None or step == num_train_timesteps:
-        return respacing
+        return respacing, eta
     if step > num_train_timesteps or step < 1:
         raise UserError(f"--step {step} is outside the model's 1..{num_train_timesteps} diffusion steps")
     if respacing:
         raise UserError(f"--step {step} conflicts with --decode_respacing {respacing!r}: the model has "
                         f"T = {num_train_timesteps}; pass --step {num_train_timesteps} with a respacing, "
-                        f"or --step S alone for S evenly spaced steps")
-    logger.info("--step %d < T = %d: decoding with %d evenly spaced steps (respacing %r)", step,
-                num_train_timesteps, step, str(step))
-    return str(step)
+                        f"or --step S alone for DiffuSeq's S-step DDIM")
+    eta = max(eta, 0.0)
+    logger.info("--step %d < T = %d: DDIM (eta %g) over %d evenly spaced steps ending at t = 0, as DiffuSeq "
+                "(whose own stride loop never reaches t = 0)", step, num_train_timesteps, eta, step)
+    return str(step), eta
 
 
 def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig, Vocabulary, nn.Module]:
     """The training config, vocabulary and model of a checkpoint file (ours or DiffuSeq's)."""
+    ckpt.parse_step(model_path)
     if not model_path.is_file():
         raise UserError(f"--model_path {model_path} does not exist")
-    ckpt.parse_step(model_path)
     folder = model_path.parent
     cfg = TrainConfig.load(folder / "training_args.json")
     if any((folder / name).is_file() for name in ("vocab.txt", "vocab.json")):
@@ -233,7 +280,7 @@ def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig
     if cfg.vocab_size and cfg.vocab_size != vocab.size:
         raise UserError(f"the vocabulary in {folder} has {vocab.size} entries but training_args.json says "
                         f"vocab_size {cfg.vocab_size}")
-    model = create_model(cfg, vocab.size)
+    model = create_model(cfg, vocab.size, cfg.encoder_config(folder))
     state = ckpt.safe_load(model_path)
     if isinstance(state, dict) and "word_embedding.weight" in state \
             and state["word_embedding.weight"].shape[0] != vocab.size:
@@ -244,9 +291,12 @@ def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig
     return cfg, vocab, model
 
 
-def strip_pad(text: str) -> str:
-    """``text`` without its ``[PAD]`` tokens."""
-    return " ".join(tok for tok in text.split(" ") if tok and tok != "[PAD]")
+def decode_text(vocab: Vocabulary, ids: list[int]) -> str:
+    """DiffuSeq's ``decode_token``: trailing ``[PAD]`` ids removed, the rest decoded (inner pads kept)."""
+    end = len(ids)
+    while end and ids[end - 1] == vocab.pad_id:
+        end -= 1
+    return vocab.decode(ids[:end])
 
 
 @torch.inference_mode()
@@ -274,41 +324,71 @@ def decode_range(model: nn.Module, sampler: DiffusionSampler, vocab: Vocabulary,
             tokens = model.get_logits(x0).argmax(dim=-1)
         for row_ids, row_tokens, row_mask in zip(ids.tolist(), tokens.tolist(), mask.tolist()):
             src_len = len(row_mask) - sum(row_mask)
-            records.append({"recover": strip_pad(vocab.decode(row_tokens[src_len:])),
-                            "reference": strip_pad(vocab.decode(row_ids[src_len:])),
-                            "source": strip_pad(vocab.decode(row_ids[:src_len]))})
+            records.append({"recover": decode_text(vocab, row_tokens[src_len:]),
+                            "reference": decode_text(vocab, row_ids[src_len:]),
+                            "source": decode_text(vocab, row_ids[:src_len])})
     if bar is not None:
         bar.close()
     return records
 
 
+def samples_dir(out_dir: Path, model_path: Path) -> Path:
+    """DiffuSeq's output folder: ``<out_dir>/<checkpoint folder name>/<checkpoint file name>.samples``."""
+    return Path(out_dir) / model_path.parent.resolve().name / f"{model_path.name}.samples"
+
+
+def output_name(step: int, eta: float, respacing: str, split: str, top_p: float, extras: dict[str, object]) -> str:
+    """Bridge-Gap's name of a decode (after ``seed<S>_``), with a tag for each setting of ours not at its default.
+
+    Bridge-Gap writes ``seed<S>_step<step>_eta<eta>_respace_<spacing>_<split>_topp<top_p>_tau1.0_topl0.0_topk0_
+    noisedl0.0_scend_clamp_skip-1_pd_.json`` (its rounding options at their defaults, the only values
+    accepted here).
+    """
+    name = (f"step{step}_eta{float(eta)}_respace_{respacing}_{split}_topp{float(top_p)}_tau1.0_topl0.0_topk0"
+            f"_noisedl0.0_scend_clamp_skip-1_pd_")
+    for key, value in extras.items():
+        name += f"_{key}{'' if value is True else value}"
+    return name
+
+
 def decode_to_files(model: nn.Module, sampler: DiffusionSampler, vocab: Vocabulary, data: Seq2SeqData,
                     seeds: list[int], out_dir: Path, name: str, batch_size: int, autocast_dtype: torch.dtype | None,
-                    clamp: NearestEmbedding | None, run_info: dict) -> None:
-    """Decode ``data`` once per seed into ``out_dir/seed<S>_<name>.json``, plus ``decode_<name>.meta.json``.
+                    clamp: NearestEmbedding | None, run_info: dict) -> Path:
+    """Decode ``data`` once per seed into ``out_dir/seed<S>_<name>.json``, described by ``decode_<name>.meta.json``.
 
-    Under a distributed launch each rank decodes a contiguous slice of the inputs and
-    rank 0 writes the lines in input order. ``run_info`` goes into the meta file, with
-    the number of denoising steps and each seed's wall time added.
+    Under a distributed launch each rank decodes a contiguous slice of the inputs and rank 0
+    writes the lines in input order. ``run_info`` (the checkpoint's identity and the settings)
+    goes into the meta file (see :mod:`diffuseq.outputs`), with each seed file's SHA-256 and
+    wall time. Returns the meta file's path.
     """
     device = next(model.parameters()).device
     n, world, rank = len(data), dist_util.world_size(), dist_util.rank()
     per_rank = math.ceil(n / world)
     mine = range(rank * per_rank, min(n, (rank + 1) * per_rank))
-    info = {**run_info, "examples": n, "processes": world, "denoising_steps": sampler.num_steps,
-            "sampler": sampler.config.to_dict(), "batch_size": batch_size, "device": str(device), "seeds": {}}
-    for seed in seeds:
-        started = time.perf_counter()
-        records = decode_range(model, sampler, vocab, data, mine, seed, batch_size, device, autocast_dtype, clamp,
-                               show_progress=rank == 0)
-        gathered = dist_util.all_gather_objects(records)
-        seconds = time.perf_counter() - started
+    info = {**run_info, "settings": {**run_info.get("settings", {}), "sampler": sampler.config.to_dict()},
+            "examples": n, "processes": world, "denoising_steps": sampler.num_steps, "batch_size": batch_size,
+            "device": str(device)}
+    with contextlib.ExitStack() as stack:
+        meta, error = None, None
         if rank == 0:
-            out_file = out_dir / f"seed{seed}_{name}.json"
-            ckpt.atomic_write_text("".join(json.dumps(rec, ensure_ascii=False) + "\n"
-                                           for part in gathered for rec in part), out_file)
-            info["seeds"][str(seed)] = {"file": out_file.name, "wall_seconds": round(seconds, 3),
-                                        "examples_per_second": round(n / seconds, 3)}
-            logger.info("seed %d: %d lines in %.1f s -> %s", seed, n, seconds, out_file)
-    if rank == 0:
-        ckpt.atomic_write_text(json.dumps(info, indent=2) + "\n", out_dir / f"decode_{name}.meta.json")
+            try:
+                stack.enter_context(outputs.decode_lock(out_dir, name))
+                meta = outputs.start_meta(out_dir, name, info)
+            except UserError as err:
+                error = str(err)
+        error = dist_util.broadcast_object(error)
+        if error:
+            raise UserError(error)
+        for seed in seeds:
+            started = time.perf_counter()
+            records = decode_range(model, sampler, vocab, data, mine, seed, batch_size, device, autocast_dtype,
+                                   clamp, show_progress=rank == 0)
+            gathered = dist_util.all_gather_objects(records)
+            seconds = time.perf_counter() - started
+            if rank == 0:
+                text = "".join(json.dumps(rec) + "\n" for part in gathered for rec in part)
+                out_file = outputs.add_seed(out_dir, name, meta, seed, text, seconds, n)
+                logger.info("seed %d: %d lines in %.1f s -> %s", seed, n, seconds, out_file)
+        if rank == 0:
+            outputs.finish_meta(out_dir, name, meta)
+    return outputs.meta_path(out_dir, name)

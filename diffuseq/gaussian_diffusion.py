@@ -49,6 +49,12 @@ class GaussianDiffusion:
             else self.posterior_variance.clip(min=1e-20))
         self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
+        # DiffuSeq's reverse-step variance ("fixed large"): beta_t, with the posterior variance of t = 1 at
+        # t = 0 (where no noise is added). One step has only t = 0; its value is never used.
+        self.fixed_large_log_variance = np.log(
+            np.append(self.posterior_variance[1], betas[1:]) if self.num_timesteps > 1 else betas)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1)
         self._tensors: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     @classmethod
@@ -99,21 +105,28 @@ class GaussianDiffusion:
     # -- reverse steps ------------------------------------------------------
 
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, pred_x0: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
-        """One ancestral step: posterior mean plus noise with the clipped posterior log-variance (none at t = 0)."""
+                  noise: torch.Tensor, sigma_small: bool = False) -> torch.Tensor:
+        """One ancestral step: the posterior mean plus noise (none at t = 0).
+
+        The noise has DiffuSeq's fixed-large variance, or with ``sigma_small`` the (clipped)
+        posterior variance. Computed in the order of DiffuSeq's ``p_sample``, so the results
+        are bitwise equal.
+        """
         mean = self.q_posterior_mean(pred_x0, x_t, t)
-        log_var = self._coef("posterior_log_variance_clipped", t, x_t.dim())
+        name = "posterior_log_variance_clipped" if sigma_small else "fixed_large_log_variance"
+        log_var = self._coef(name, t, x_t.dim())
         nonzero = (t != 0).float().reshape(t.shape + (1,) * (x_t.dim() - t.dim()))
         return mean + nonzero * torch.exp(0.5 * log_var) * noise
 
     def ddim_step(self, x_t: torch.Tensor, t: torch.Tensor, pred_x0: torch.Tensor,
                   noise: torch.Tensor, eta: float = 0.0) -> torch.Tensor:
-        """One DDIM step (Song et al.) with stochasticity ``eta`` (0 = deterministic)."""
+        """One DDIM step (Song et al.) with stochasticity ``eta`` (0 = deterministic), as DiffuSeq's ``ddim_sample``."""
         ndim = x_t.dim()
+        eps = ((self._coef("sqrt_recip_alphas_cumprod", t, ndim) * x_t - pred_x0)
+               / self._coef("sqrt_recipm1_alphas_cumprod", t, ndim))
         abar = self._coef("alphas_cumprod", t, ndim)
         abar_prev = self._coef("alphas_cumprod_prev", t, ndim)
-        eps = (x_t - abar.sqrt() * pred_x0) / (1 - abar).sqrt()
-        sigma = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
-        mean = abar_prev.sqrt() * pred_x0 + (1 - abar_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar)) * torch.sqrt(1 - abar / abar_prev)
+        mean = pred_x0 * torch.sqrt(abar_prev) + torch.sqrt((1 - abar_prev - sigma ** 2).clamp(min=0)) * eps
         nonzero = (t != 0).float().reshape(t.shape + (1,) * (ndim - t.dim()))
         return mean + nonzero * sigma * noise

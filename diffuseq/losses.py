@@ -9,11 +9,11 @@ Base loss (DiffuSeq): ``loss = mse + rounding + tT`` with
 * ``rounding``: cross-entropy of lm_head(x0) against the tokens, over all positions,
 and ``nll`` (logged only): cross-entropy of lm_head(f(x_t, t)) on the target part.
 
-Distance Penalty post-training: a neighbour step t' is drawn per example
-(:mod:`diffuseq.neighbours`); f is evaluated at t and t' in one forward pass of a
-batch twice as large, and
-``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2`` with
-``penalty = -simi_lambda * distance(f(x_t', t'), f(x_t, t))`` where a neighbour exists.
+Distance Penalty post-training (Bridge-Gap's ``training_losses_seq2seq``): a neighbour
+step t' is drawn per example (:mod:`diffuseq.neighbours`); f is evaluated at t and t' in
+one forward pass of a batch twice as large, and
+``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2`` with the penalty of
+:class:`DistancePenalty` where a neighbour exists.
 """
 
 from __future__ import annotations
@@ -151,8 +151,40 @@ def token_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, ids: torch.Ten
 
 
 @dataclass
+class LossDraws:
+    """Every random draw of one loss evaluation: the x_0 noise, the x_t noise and, with a penalty,
+    the neighbour steps (and where the penalty applies) and the x_t' noise.
+
+    ``sample`` draws them from the default generator; a test can supply its own to compare
+    with another implementation draw for draw.
+    """
+
+    x0_noise: torch.Tensor
+    xt_noise: torch.Tensor
+    t_nb: torch.Tensor | None = None
+    active: torch.Tensor | None = None
+    nb_noise: torch.Tensor | None = None
+
+    @classmethod
+    def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourSampler | None = None) -> "LossDraws":
+        x0_noise = torch.randn_like(x0_mean)
+        if neighbours is None:
+            return cls(x0_noise, torch.randn_like(x0_mean))
+        t_nb, active = neighbours.sample(t)
+        return cls(x0_noise, torch.randn_like(x0_mean), t_nb, active, torch.randn_like(x0_mean))
+
+
+@dataclass
 class DistancePenalty:
-    """The post-training penalty: which distance, its weight and how the neighbour step is chosen."""
+    """The post-training penalty: which distance, its weight and how the neighbour step is chosen.
+
+    As in Bridge-Gap's ``training_losses_seq2seq`` (and ``..._kl``), per example:
+    * ``l2*``: ``-simi_lambda * mean((f(x_t', t') - f(x_t, t))^2)`` (simi_lambda <= 0);
+    * ``cosine``: with c the cosine similarity per position, ``simi_lambda * mean(1 + c)`` for
+      simi_lambda > 0, else ``-simi_lambda * mean(1 - c)``;
+    * ``kl``: ``simi_lambda * mean over positions and vocabulary of p_t' (log p_t' - log p_t)``,
+      the teacher t' = t - simi_step predicting without gradient (simi_lambda >= 0).
+    """
 
     kind: str
     simi_lambda: float
@@ -164,31 +196,30 @@ class DistancePenalty:
         """Validate the settings and precompute the neighbour windows of ``diffusion`` once."""
         if kind not in PENALTIES:
             raise UserError(f"unknown --simi_penalty {kind!r}; choose one of: {', '.join(PENALTIES)} (or '' for none)")
-        if simi_lambda > 0:
-            raise UserError(f"--simi_lambda must be negative or zero (the penalty is -simi_lambda * distance); "
-                            f"got {simi_lambda} (the paper uses -2)")
+        if kind.startswith("l2") and simi_lambda > 0:
+            raise UserError(f"--simi_lambda must be negative or zero for {kind} (the penalty is -simi_lambda * "
+                            f"distance); got {simi_lambda} (the paper uses -2)")
+        if kind == "kl" and simi_lambda < 0:
+            raise UserError(f"--simi_lambda must be positive or zero for kl (the penalty is simi_lambda * KL); "
+                            f"got {simi_lambda}")
+        if simi_step >= diffusion.num_timesteps and kind in ("l2", "cosine", "kl"):
+            raise UserError(f"--simi_step {simi_step} must be below the model's T = {diffusion.num_timesteps}")
         return cls(kind, simi_lambda, NeighbourSampler(kind, diffusion.alphas_cumprod, simi_step, simi_noise))
 
-    def distance(self, pred: torch.Tensor, pred_nb: torch.Tensor, t: torch.Tensor, t_nb: torch.Tensor,
-                 lm_head: nn.Module) -> torch.Tensor:
-        """Per-example distance between the predictions at t and at its neighbour t'."""
+    def penalty(self, pred: torch.Tensor, pred_nb: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Per-example weighted penalty between the predictions at t and at the neighbour t'."""
         if self.kind == "cosine":
-            return (1 - F.cosine_similarity(pred, pred_nb, dim=-1)).mean(dim=-1)
+            cos = F.cosine_similarity(pred_nb, pred, dim=-1)
+            if self.simi_lambda > 0:
+                return mean_flat(1 + cos) * self.simi_lambda
+            return -mean_flat(1 - cos) * self.simi_lambda
         if self.kind == "kl":
-            logits, logits_nb = lm_head(pred).float(), lm_head(pred_nb).float()
-            nb_is_teacher = (t_nb < t).view(-1, 1, 1)
-            teacher = torch.where(nb_is_teacher, logits_nb, logits).detach()
-            student = torch.where(nb_is_teacher, logits, logits_nb)
-            kl = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True, reduction="none")
-            return kl.sum(-1).mean(-1)
-        return mean_flat((pred_nb - pred) ** 2)
-
-
-def _prepare_x0(net: nn.Module, diffusion: GaussianDiffusion, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x0_mean = emb(ids) and x0 = x0_mean + sqrt(1 - alpha_bar_0) * eps'."""
-    x0_mean = net.get_embeds(ids)
-    x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * torch.randn_like(x0_mean)
-    return x0_mean, x0
+            with torch.no_grad():
+                logits_teacher = lm_head(pred_nb)
+            log_pred = F.log_softmax(lm_head(pred), dim=-1)
+            log_target = F.log_softmax(logits_teacher, dim=-1)
+            return mean_flat(F.softmax(logits_teacher, dim=-1) * (log_target - log_pred)) * self.simi_lambda
+        return -mean_flat((pred_nb - pred) ** 2) * self.simi_lambda
 
 
 def _rounding_and_tT(net: nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor,
@@ -208,11 +239,14 @@ def predict_pair(model: nn.Module, x_a: torch.Tensor, ts_a: torch.Tensor, x_b: t
 
 
 def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.Tensor, mask: torch.Tensor,
-                    t: torch.Tensor, with_nll: bool = False) -> dict[str, torch.Tensor]:
+                    t: torch.Tensor, with_nll: bool = False,
+                    draws: LossDraws | None = None) -> dict[str, torch.Tensor]:
     """DiffuSeq's loss terms per example: ``loss``, ``mse``, ``rounding``, ``tT`` (and ``nll``)."""
     net = unwrap(model)
-    x0_mean, x0 = _prepare_x0(net, diffusion, ids)
-    x_t = diffusion.q_sample(x0, t, torch.randn_like(x0), mask)
+    x0_mean = net.get_embeds(ids)
+    draws = draws or LossDraws.sample(x0_mean, t)
+    x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
+    x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
     pred = model(x_t, diffusion.scale_timesteps(t))
     mse = torch.where(t == 0, mean_flat((x0_mean - pred) ** 2), mean_flat((x0 - pred) ** 2))
     rounding, t_t = _rounding_and_tT(net, diffusion, x0, ids)
@@ -225,26 +259,27 @@ def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.T
 
 def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, penalty: DistancePenalty,
                             ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, with_nll: bool = False,
-                            batched: bool = True) -> dict[str, torch.Tensor]:
+                            batched: bool = True, draws: LossDraws | None = None) -> dict[str, torch.Tensor]:
     """Post-training terms per example: ``loss``, ``mse`` (at t), ``mse_nb`` (at t'), ``penalty``, ...
 
-    The mse target is x0_mean for both predictions; the penalty is zero where
-    the neighbour sampler found no neighbour.
+    ``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2``: the mse target is x0_mean
+    for both predictions, and the penalty is zero where the neighbour draw found no neighbour.
     """
     net = unwrap(model)
-    x0_mean, x0 = _prepare_x0(net, diffusion, ids)
-    t_nb, active = penalty.neighbours.sample(t)
-    x_t = diffusion.q_sample(x0, t, torch.randn_like(x0), mask)
-    x_nb = diffusion.q_sample(x0, t_nb, torch.randn_like(x0), mask)
+    x0_mean = net.get_embeds(ids)
+    draws = draws or LossDraws.sample(x0_mean, t, penalty.neighbours)
+    x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
+    t_nb = draws.t_nb
+    x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
+    x_nb = diffusion.q_sample(x0, t_nb, draws.nb_noise, mask)
     pred, pred_nb = predict_pair(model, x_t, diffusion.scale_timesteps(t), x_nb, diffusion.scale_timesteps(t_nb),
                                  batched=batched)
     mse = mean_flat((x0_mean - pred) ** 2)
     mse_nb = mean_flat((x0_mean - pred_nb) ** 2)
-    distance = penalty.distance(pred, pred_nb, t, t_nb, net.lm_head)
-    pen = -penalty.simi_lambda * distance * active.to(distance.dtype)
+    pen = penalty.penalty(pred, pred_nb, net.lm_head) * draws.active.to(mse.dtype)
     rounding, t_t = _rounding_and_tT(net, diffusion, x0, ids)
     terms = {"loss": (mse + mse_nb + 2 * rounding + 2 * t_t + pen) / 2, "mse": mse, "mse_nb": mse_nb,
-             "penalty": pen, "distance": distance.detach(), "rounding": rounding, "tT": t_t}
+             "penalty": pen, "rounding": rounding, "tT": t_t}
     if with_nll:
         with torch.no_grad():
             terms["nll"] = token_cross_entropy(pred, net.lm_head, ids, mask)

@@ -41,6 +41,16 @@ class EncoderConfig:
         if self.hidden_size % self.num_heads:
             raise UserError(f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
 
+    def to_bert_config(self, vocab_size: int, hidden_dropout: float, pad_token_id: int = 0) -> dict:
+        """A Hugging Face BERT ``config.json`` of this size (what DiffuSeq's ``config_name`` loads)."""
+        return {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": self.hidden_size,
+                "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+                "intermediate_size": self.intermediate_size, "hidden_act": "gelu",
+                "hidden_dropout_prob": hidden_dropout, "attention_probs_dropout_prob": self.attention_dropout,
+                "max_position_embeddings": self.max_positions, "layer_norm_eps": LAYER_NORM_EPS,
+                "type_vocab_size": 2, "initializer_range": 0.02, "vocab_size": vocab_size,
+                "pad_token_id": pad_token_id, "position_embedding_type": "absolute"}
+
     @classmethod
     def from_bert_config(cls, path: str | Path) -> "EncoderConfig":
         """Read the sizes from a BERT ``config.json`` (a file or a folder holding one)."""

@@ -3,8 +3,9 @@
 For an example at step t the penalty compares the predictions at t and at a
 neighbour t':
 
-* ``l2`` / ``cosine`` / ``kl``: t' = t +- ``simi_step`` (direction 50/50), clamped to
-  [0, T-1]; the penalty is off where t' lands on 0 or T-1.
+* ``l2`` / ``cosine``: t' = t +- ``simi_step`` (direction 50/50), clamped to [0, T-1]; the
+  penalty is off where t' lands on 0 or T-1.
+* ``kl``: the teacher t' = t - ``simi_step``, clamped and switched off the same way.
 * ``l2_noise``: a direction (down/up, 50/50), then the farthest step on that side whose
   noise level sigma = sqrt(1 - alpha_bar) is within ``simi_noise`` of t's.
 * ``l2_noise_random`` (the paper's setting): same direction, then t' uniform among the
@@ -96,6 +97,8 @@ class NeighbourSampler:
         last = self.num_timesteps - 1
         draw = torch.rand((2,) + t.shape, generator=generator, device=t.device)
         down = draw[0] < 0.5
+        if self.variant == "kl":
+            down = torch.ones_like(down)
         if self.variant in ("l2", "cosine", "kl"):
             t_nb = torch.where(down, t - self.simi_step, t + self.simi_step).clamp(0, last)
             return t_nb, (t_nb > 0) & (t_nb < last)

@@ -5,7 +5,10 @@ Spec strings (``space_timesteps``):
 * ``"N"`` / ``"a,b,c"``: counts per equal section, evenly spaced (improved-diffusion);
 * ``"ddimN"``: every k-th step for the integer stride k that gives N steps;
 * ``"adp_N"``: Adaptive Decay Sampling (Tang et al. 2023): of N steps, about 8.4% in the
-  low-noise third of [0, T), 36.8% in the middle third and 54.8% in the high-noise third.
+  low-noise third of [0, T), 36.8% in the middle third and 54.8% in the high-noise third;
+* ``"[a,b,c]"``: Bridge-Gap's list form: counts per equal section, where every section but
+  the last drops its last point (its adp rule applied to any list);
+* ``"x2_N"``: Bridge-Gap's quadratic spacing (N points, denser near t = T-1).
 
 ``respaced_diffusion`` builds the process over the kept steps: its betas come from
 alpha_bar at those steps and the network is called with the original timesteps.
@@ -13,6 +16,7 @@ alpha_bar at those steps and the network is called with the original timesteps.
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -20,7 +24,8 @@ import numpy as np
 from .errors import UserError
 from .gaussian_diffusion import GaussianDiffusion
 
-ADP_PROPORTIONS = (0.0840, 0.3676, 0.5484)
+# Bridge-Gap's values to full precision: rounded to 4 decimals they pick other steps for some N (adp_125)
+ADP_PROPORTIONS = (0.08400242284240157, 0.36759523570876984, 0.5484023414488285)
 
 
 def _section_sizes(num_timesteps: int, sections: int) -> list[int]:
@@ -83,6 +88,20 @@ def space_timesteps(num_timesteps: int, spec: str) -> set[int]:
         steps = _sections(num_timesteps, [c0 + 1, c1 + 1, c2], [True, True, False], spec)
         assert len(steps) == n  # sections are disjoint and count <= size keeps points distinct
         return steps
+    if spec.startswith("["):
+        try:
+            counts = json.loads(spec)
+        except ValueError:
+            counts = None
+        if not isinstance(counts, list) or not counts or not all(isinstance(c, int) and c >= 1 for c in counts):
+            raise UserError(f"respacing {spec!r}: a list must hold positive step counts, e.g. [10,10,10]")
+        return _sections(num_timesteps, counts, [True] * (len(counts) - 1) + [False], spec)
+    if spec.startswith("x2_"):
+        n = _parse_count(spec[3:], spec)
+        if not 1 <= n <= num_timesteps:
+            raise UserError(f"respacing {spec!r}: the step count must be in 1..{num_timesteps}")
+        even = _evenly_spaced(0, num_timesteps, n)
+        return {num_timesteps - 1 - int(((i + 1) ** 2 / n ** 2) * s) for i, s in enumerate(even)}
     if spec.startswith("ddim"):
         n = _parse_count(spec[4:], spec)
         if n < 1:

@@ -7,6 +7,7 @@ takes its slice of every global batch, and rank 0 writes the files.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -30,18 +31,20 @@ from .data import BatchStream, load_split, read_jsonl_pairs, split_path
 from .errors import UserError
 from .gaussian_diffusion import GaussianDiffusion
 from .losses import DistancePenalty, diffuseq_losses, distance_penalty_losses
-from .model import TransformerNetModel
+from .model import EncoderConfig, TransformerNetModel
+from .plm_init import bert_weights_folder, load_bert_weights
 from .step_sample import ScheduleSampler, create_named_schedule_sampler
-from .vocab import Vocabulary, build_vocab, load_vocab_from
+from .run_setup import RunPlan, plan_run
+from .vocab import Vocabulary, WordPieceVocab, build_vocab, load_vocab_from, train_wordpiece
 
 logger = logging.getLogger(__name__)
 VALID_EXAMPLES = 256
 
 
-def create_model(cfg: TrainConfig, vocab_size: int) -> TransformerNetModel:
-    """The denoiser described by ``cfg``."""
+def create_model(cfg: TrainConfig, vocab_size: int, encoder: EncoderConfig | None = None) -> TransformerNetModel:
+    """The denoiser described by ``cfg`` (with ``encoder``, else ``cfg``'s encoder size)."""
     return TransformerNetModel(vocab_size, hidden_dim=cfg.hidden_dim, hidden_t_dim=cfg.hidden_t_dim,
-                               dropout=cfg.dropout, encoder=cfg.encoder_config())
+                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config())
 
 
 def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -91,7 +94,8 @@ def _seed_everything(seed: int) -> None:
 class Trainer:
     """One process of a training run: owns the model, optimizer, EMA, sampler and data stream."""
 
-    def __init__(self, cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary, device: torch.device,
+                 encoder: EncoderConfig | None = None) -> None:
         self.cfg = cfg
         self.dir = checkpoint_dir
         self.vocab = vocab
@@ -101,7 +105,7 @@ class Trainer:
 
         train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len)
         self.valid = load_split(Path(cfg.data_dir), "valid", vocab, cfg.seq_len, max_examples=VALID_EXAMPLES)
-        self.stream = BatchStream(train, cfg.batch_size, self.rank, self.world, cfg.seed)
+        self.stream = BatchStream(train, cfg.batch_size * self.world, self.rank, self.world, cfg.seed)
         self.batches = iter(self.stream)
         self.microbatch = self.stream.local_batch if cfg.microbatch <= 0 else min(cfg.microbatch,
                                                                                  self.stream.local_batch)
@@ -110,9 +114,10 @@ class Trainer:
         self.sampler: ScheduleSampler = create_named_schedule_sampler(cfg.schedule_sampler, cfg.diffusion_steps)
         self.penalty = (DistancePenalty.create(cfg.simi_penalty, cfg.simi_lambda, self.diffusion, cfg.simi_step,
                                                cfg.simi_noise) if cfg.simi_penalty else None)
+        self.lr_schedule = cfg.resolved_lr_schedule()
 
         _seed_everything(cfg.seed)  # identical initial weights on every rank
-        self.model = create_model(cfg, vocab.size).to(device)
+        self.model = create_model(cfg, vocab.size, encoder).to(device)
         self.params = list(self.model.parameters())
         self.ema_rates = cfg.ema_rates()
         self.ema = {rate: [p.detach().clone() for p in self.params] for rate in self.ema_rates}
@@ -131,41 +136,48 @@ class Trainer:
         self.bad_steps_in_row = 0
         self.bad_steps_total = 0
         self.stop_requested = False
+        self.stopped_by: int | None = None  # the signal that stopped the run (SIGINT / SIGTERM), if any
         self.loss_fn: Callable[..., dict[str, torch.Tensor]] = self._losses
         _seed_everything(cfg.seed * 1000 + self.rank)  # per-rank training randomness
 
     # -- loading ------------------------------------------------------------
 
-    def load(self, path: Path) -> None:
-        """Start from ``modelK.pt`` (or ``ema_<rate>_K.pt``) with whatever state lies beside it."""
+    def load(self, path: Path, exact: bool) -> None:
+        """Start from ``modelK.pt`` (or ``ema_<rate>_K.pt``) at step K.
+
+        ``exact`` (a restart in the run's own folder): the optimizer, data position, timestep
+        sampler and RNGs continue from the ``optK.pt`` / ``trainstateK.pt`` beside it. Otherwise
+        (post-training from another run, DiffuSeq's ``--resume_checkpoint``): the weights, the
+        EMA of each rate from ``ema_<rate>_K.pt`` beside it (else a copy of the weights), a fresh
+        optimizer, and the step count K.
+        """
         step = ckpt.parse_step(path)
         folder = path.parent
         load_model_weights(self.model, ckpt.safe_load(path), path)
-        args_file = folder / "training_args.json"
-        if args_file.is_file():
-            saved = TrainConfig.load(args_file)
-            for name in ("seq_len", "hidden_dim", "hidden_t_dim"):
-                if getattr(saved, name) != getattr(self.cfg, name):
-                    raise UserError(f"--{name} {getattr(self.cfg, name)} does not match the checkpoint's "
-                                    f"{getattr(saved, name)} ({args_file})")
         with torch.no_grad():
             for rate in self.ema_rates:
                 ema_file = folder / ckpt.ema_name(rate, step)
                 if ema_file.is_file() and ema_file != path:
-                    ema_model = create_model(self.cfg, self.vocab.size)
+                    ema_model = create_model(self.cfg, self.vocab.size, self.model.encoder_config)
                     load_model_weights(ema_model, ckpt.safe_load(ema_file), ema_file)
                     for dst, src in zip(self.ema[rate], ema_model.parameters()):
                         dst.copy_(src)
                 else:
                     for dst, src in zip(self.ema[rate], self.params):
                         dst.copy_(src)
+        self.step = step
+        state_file = folder / ckpt.trainstate_name(step)
+        if not exact:
+            _seed_everything(self.cfg.seed * 1000 + self.rank + step)
+            if self.is_main:
+                logger.info("starting from the weights of %s at step %d (fresh optimizer, as DiffuSeq)", path, step)
+            return
         opt_file = folder / ckpt.opt_name(step)
         if opt_file.is_file():
             try:
                 self.opt.load_state_dict(ckpt.safe_load(opt_file))
             except (ValueError, KeyError) as err:
                 raise UserError(f"{opt_file} does not fit this model's optimizer: {err}") from None
-        state_file = folder / ckpt.trainstate_name(step)
         if state_file.is_file():
             state = ckpt.safe_load(state_file)
             self.stream.load_state_dict(state["data"])
@@ -179,9 +191,18 @@ class Trainer:
                 _seed_everything(self.cfg.seed * 1000 + self.rank + step)
         else:
             _seed_everything(self.cfg.seed * 1000 + self.rank + step)
-        self.step = step
         if self.is_main:
             logger.info("resumed from %s at step %d", path, step)
+
+    def init_from_bert(self, folder: Path) -> None:
+        """DiffuSeq's ``--use_plm_init bert``: embeddings and encoder from the BERT weights in ``folder``."""
+        load_bert_weights(self.model, folder)
+        with torch.no_grad():
+            for rate in self.ema_rates:
+                for dst, src in zip(self.ema[rate], self.params):
+                    dst.copy_(src)
+        if self.is_main:
+            logger.info("word embeddings, position embeddings and encoder initialised from %s", folder)
 
     # -- saving -------------------------------------------------------------
 
@@ -245,7 +266,8 @@ class Trainer:
                 with self._autocast():
                     terms = self.loss_fn(ddp_model, micro_ids, micro_mask, t, with_nll and start == 0)
                 self.sampler.update(t, terms["loss"])
-                loss = (terms["loss"] * weights).mean() * (micro_ids.size(0) / local)
+                # as DiffuSeq: each microbatch's mean loss is backpropagated, so gradients add up
+                loss = (terms["loss"] * weights).mean()
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             for key, value in terms.items():
                 share = 1.0 if key == "nll" else micro_ids.size(0) / local
@@ -260,16 +282,18 @@ class Trainer:
             if self.scaler:
                 self.scaler.update()
             return None
-        for group in self.opt.param_groups:
-            group["lr"] = self.cfg.lr * (1 - self.step / self.cfg.learning_steps)
+        if self.lr_schedule == "linear":
+            for group in self.opt.param_groups:
+                group["lr"] = self.cfg.lr * (1 - self.step / self.cfg.learning_steps)
         if self.scaler:
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
             self.opt.step()
         with torch.no_grad():
-            for rate in self.ema_rates:
-                torch._foreach_lerp_(self.ema[rate], [p.detach() for p in self.params], 1 - float(rate))
+            for rate in self.ema_rates:  # DiffuSeq's update_ema: ema * rate + param * (1 - rate)
+                torch._foreach_mul_(self.ema[rate], float(rate))
+                torch._foreach_add_(self.ema[rate], [p.detach() for p in self.params], alpha=1 - float(rate))
         self.step += 1
         totals["grad_norm"] = grad_norm.detach()
         return totals
@@ -296,14 +320,17 @@ class Trainer:
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
         self.stop_requested = True
+        self.stopped_by = self.stopped_by or signum
         logger.warning("received signal %d: saving a checkpoint and stopping", signum)
 
     def _agree_to_stop(self) -> bool:
+        """Whether any rank was asked to stop (all ranks then agree on the signal)."""
         if not dist_util.is_distributed():
             return self.stop_requested
-        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.device)
-        torch.distributed.all_reduce(flag)
-        return bool(flag.item() > 0)
+        flag = torch.tensor([float(self.stopped_by or 0)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self.stopped_by = int(flag.item()) or None
+        return self.stopped_by is not None
 
     def run(self) -> None:
         """Train until ``learning_steps``; save every ``save_interval`` steps, at the end and on SIGTERM/SIGINT."""
@@ -411,73 +438,92 @@ def _maybe_wandb(cfg: TrainConfig) -> Any:
                       name=cfg.notes or None)
 
 
-def _resolve_resume(cfg: TrainConfig, checkpoint_dir: Path) -> Path | None:
-    """The checkpoint to start from: the flag's path, 'auto', or the newest complete one in the folder."""
-    if cfg.resume_checkpoint and cfg.resume_checkpoint != "auto":
-        path = Path(cfg.resume_checkpoint)
-        if path.is_dir():
-            found = ckpt.latest_checkpoint(path)
-            if found is None:
-                raise UserError(f"--resume_checkpoint {path}: the folder holds no complete checkpoint")
-            return found
-        if not path.is_file():
-            raise UserError(f"--resume_checkpoint {path} does not exist")
-        ckpt.parse_step(path)
-        return path
-    found = ckpt.latest_checkpoint(checkpoint_dir)
-    if cfg.resume_checkpoint == "auto" and found is None:
-        logger.info("--resume_checkpoint auto: no complete checkpoint in %s, starting from scratch", checkpoint_dir)
-    return found
-
-
-def _prepare_vocab(cfg: TrainConfig, checkpoint_dir: Path, resume: Path | None) -> Vocabulary:
-    """The run's vocabulary, saved into the checkpoint folder by rank 0; other ranks read that copy."""
-    if dist_util.rank() == 0:
-        if resume is not None and ((resume.parent / "vocab.txt").is_file() or (resume.parent / "vocab.json").is_file()):
-            vocab = load_vocab_from(resume.parent)
-        elif (checkpoint_dir / "vocab.txt").is_file() or (checkpoint_dir / "vocab.json").is_file():
-            vocab = load_vocab_from(checkpoint_dir)
-        else:
+def _run_vocab(plan: RunPlan) -> Vocabulary:
+    """The run's vocabulary: from the folder it already lives in, or built (rank 0 learns, the others receive)."""
+    cfg = plan.cfg
+    if plan.vocab_folder is not None:
+        vocab = load_vocab_from(plan.vocab_folder)
+        if cfg.vocab_source == "train" and "vocab_size" in cfg.given and vocab.size > cfg.vocab_size:
+            raise UserError(f"--vocab_size {cfg.vocab_size} but the vocabulary in {plan.vocab_folder} has "
+                            f"{vocab.size} entries")
+        return vocab
+    if cfg.vocab == "train":
+        itos = None
+        if dist_util.rank() == 0:
             texts = (text for pair in read_jsonl_pairs(split_path(Path(cfg.data_dir), "train")) for text in pair)
-            vocab = build_vocab(cfg.vocab, texts, cfg.vocab_size, checkpoint_dir)
-        if not ((checkpoint_dir / "vocab.txt").is_file() or (checkpoint_dir / "vocab.json").is_file()):
-            vocab.save(checkpoint_dir)
+            itos = train_wordpiece(texts, cfg.vocab_size)
+        return WordPieceVocab.from_tokens(dist_util.broadcast_object(itos))
+    return build_vocab(cfg.vocab, (), cfg.vocab_size)
+
+
+def _record_settings(cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary) -> EncoderConfig:
+    """Resolve ``cfg`` into what ``training_args.json`` records, in DiffuSeq's meaning of each key.
+
+    The encoder size is written out (and into a BERT ``config.json`` in the folder, which
+    ``config_name`` then names, so DiffuSeq's own tools build the same model offline); ``vocab``
+    is ``bert`` for a WordPiece vocabulary (DiffuSeq reads it from ``config_name``'s folder),
+    with the flag given kept in ``vocab_source``; paths are absolute.
+    """
+    encoder = cfg.encoder_config(checkpoint_dir)
+    cfg.num_layers, cfg.num_heads = encoder.num_layers, encoder.num_heads
+    cfg.hidden_size, cfg.intermediate_size = encoder.hidden_size, encoder.intermediate_size
+    cfg.vocab_size = vocab.size
+    cfg.vocab_source = cfg.vocab_source or cfg.vocab
+    if cfg.vocab_source not in ("bert", "train"):
+        cfg.vocab_source = str(Path(cfg.vocab_source).resolve())
+    cfg.vocab = "bert" if isinstance(vocab, WordPieceVocab) else cfg.vocab_source
+    if cfg.use_plm_init != "bert":
+        cfg.config_name = str(checkpoint_dir.resolve())
+    cfg.checkpoint_path = str(checkpoint_dir)
+    cfg.data_dir = str(Path(cfg.data_dir).resolve())
+    cfg.lr_schedule = cfg.resolved_lr_schedule()
+    return encoder
+
+
+def _write_run_files(plan: RunPlan, vocab: Vocabulary, encoder: EncoderConfig) -> None:
+    """The first writes of a run (rank 0): the folder, its vocabulary, ``config.json``, ``training_args.json``."""
+    cfg, folder = plan.cfg, plan.folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create checkpoint folder {folder}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"checkpoint folder {folder} is not writable")
+    if plan.vocab_folder is None or plan.vocab_folder.resolve() != folder.resolve():
+        vocab.save(folder)
+    ckpt.atomic_write_text(json.dumps(encoder.to_bert_config(vocab.size, cfg.dropout, vocab.pad_id), indent=2)
+                           + "\n", folder / "config.json")
+    ckpt.atomic_write_text(cfg.to_json(), folder / "training_args.json")
+
+
+def setup_run(cfg: TrainConfig, device: torch.device) -> Trainer:
+    """A ready Trainer: everything checked (flags, data, the checkpoint to start from and its
+    settings) before the first file of the run is written, then the run's files written."""
+    plan = plan_run(cfg)
+    vocab = _run_vocab(plan)
+    encoder = _record_settings(cfg, plan.folder, vocab)
+    trainer = Trainer(cfg, plan.folder, vocab, device, encoder)
+    if plan.resume is not None:
+        trainer.load(plan.resume, exact=plan.exact)
+    elif cfg.use_plm_init == "bert":
+        trainer.init_from_bert(bert_weights_folder(cfg.config_name))
+    if dist_util.rank() == 0:
+        _write_run_files(plan, vocab, encoder)
+        logger.info("checkpoints go to %s (vocabulary of %d entries); learning rate %g, %s; %.2fM parameters, "
+                    "%s; %d process(es), batch %d per process in microbatches of %d", plan.folder, vocab.size,
+                    cfg.lr, cfg.lr_schedule, sum(p.numel() for p in trainer.params) / 1e6, encoder,
+                    dist_util.world_size(), trainer.stream.local_batch, trainer.microbatch)
     dist_util.barrier()
-    return load_vocab_from(checkpoint_dir)
+    return trainer
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training in this process (one rank of a distributed run); return the checkpoint folder."""
+def train(cfg: TrainConfig) -> Trainer:
+    """Run training in this process (one rank of a distributed run); return the trainer when it stops
+    (``trainer.stopped_by``: the signal that stopped it, if any)."""
     device = dist_util.setup()
     try:
-        split_path(Path(cfg.data_dir), "train")
-        split_path(Path(cfg.data_dir), "valid")
-        folder = cfg.checkpoint_path or cfg.default_checkpoint_path()
-        checkpoint_dir = Path(dist_util.broadcast_object(folder))
-        if dist_util.rank() == 0:
-            try:
-                checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise UserError(f"cannot create checkpoint folder {checkpoint_dir}: {err.strerror}") from None
-            if not os.access(checkpoint_dir, os.W_OK):
-                raise UserError(f"checkpoint folder {checkpoint_dir} is not writable")
-        dist_util.barrier()
-        resume = _resolve_resume(cfg, checkpoint_dir)
-        vocab = _prepare_vocab(cfg, checkpoint_dir, resume)
-        cfg.vocab_size = vocab.size
-        cfg.checkpoint_path = str(checkpoint_dir)
-        if dist_util.rank() == 0:
-            ckpt.atomic_write_text(cfg.to_json(), checkpoint_dir / "training_args.json")
-            logger.info("checkpoints go to %s (vocabulary of %d entries)", checkpoint_dir, vocab.size)
-        trainer = Trainer(cfg, checkpoint_dir, vocab, device)
-        if resume is not None:
-            trainer.load(resume)
-        n_params = sum(p.numel() for p in trainer.params)
-        if dist_util.rank() == 0:
-            logger.info("model: %.2fM parameters, %s; %d process(es), batch %d per process in microbatches of %d",
-                        n_params / 1e6, cfg.encoder_config(), dist_util.world_size(), trainer.stream.local_batch,
-                        trainer.microbatch)
+        trainer = setup_run(cfg, device)
         trainer.run()
-        return checkpoint_dir
+        return trainer
     finally:
         dist_util.cleanup()

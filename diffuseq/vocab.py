@@ -7,9 +7,11 @@ reads it from there and never needs the original.
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -48,14 +50,23 @@ class WordPieceVocab(Vocabulary):
     """A lowercase BERT WordPiece vocabulary (``vocab.txt``); sequences are ``[CLS] ... [SEP]``."""
 
     def __init__(self, vocab_file: Path) -> None:
+        self._init_tokens(Path(vocab_file).read_text(encoding="utf-8").splitlines(), str(vocab_file))
+
+    @classmethod
+    def from_tokens(cls, itos: list[str], name: str = "the learned vocabulary") -> "WordPieceVocab":
+        """A vocabulary held in memory (saved with :meth:`save`)."""
+        vocab = cls.__new__(cls)
+        vocab._init_tokens(list(itos), name)
+        return vocab
+
+    def _init_tokens(self, itos: list[str], name: str) -> None:
         from tokenizers import BertWordPieceTokenizer
 
-        self.vocab_file = Path(vocab_file)
-        self.itos = [line.rstrip("\n") for line in self.vocab_file.read_text(encoding="utf-8").splitlines()]
+        self.itos = [tok.rstrip("\n") for tok in itos]
         missing = [tok for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if tok not in self.itos]
         if missing:
-            raise UserError(f"{vocab_file} is not a WordPiece vocabulary: it lacks {', '.join(missing)}")
-        self.tokenizer = BertWordPieceTokenizer(str(self.vocab_file), lowercase=True)
+            raise UserError(f"{name} is not a WordPiece vocabulary: it lacks {', '.join(missing)}")
+        self.tokenizer = BertWordPieceTokenizer({tok: i for i, tok in enumerate(self.itos)}, lowercase=True)
         self.pad_id = self.itos.index("[PAD]")
         self.sep_id = self.itos.index("[SEP]")
         self.size = len(self.itos)
@@ -111,7 +122,8 @@ class WordVocab(Vocabulary):
         return [self.itos.get(i, "[UNK]") for i in ids]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return " ".join(self.tokens(ids))
+        """Space-joined words, with DiffuSeq's joining of ``__`` and ``@@`` subword marks."""
+        return " ".join(self.tokens(ids)).replace("__ ", "").replace("@@ ", "")
 
     def save(self, folder: Path) -> None:
         (folder / "vocab.json").write_text(json.dumps(self.stoi, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -148,26 +160,108 @@ def load_vocab_from(path: Path) -> Vocabulary:
     return WordVocab.from_word_list(path)
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int, out_file: Path) -> WordPieceVocab:
-    """Train a lowercase WordPiece vocabulary of at most ``vocab_size`` entries and write ``out_file``."""
-    from tokenizers import BertWordPieceTokenizer
+def _word_counts(texts: Iterable[str]) -> Counter:
+    """Words of the texts as BERT splits them (lowercase, accents stripped, punctuation apart), counted."""
+    from tokenizers import normalizers, pre_tokenizers
 
-    tokenizer = BertWordPieceTokenizer(lowercase=True)
-    tokenizer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                                  special_tokens=list(WORDPIECE_SPECIALS))
-    # The trainer's ids among equally frequent entries vary from process to process (hash-map order);
-    # sorting makes the same training text give the same vocabulary file, so runs are reproducible.
-    learned = sorted(tok for tok in tokenizer.get_vocab() if tok not in WORDPIECE_SPECIALS)
-    itos = list(WORDPIECE_SPECIALS) + learned
-    out_file.write_text("\n".join(itos) + "\n", encoding="utf-8")
-    logger.info("trained a WordPiece vocabulary of %d entries", len(itos))
-    return WordPieceVocab(out_file)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    return counts
 
 
-def build_vocab(spec: str, train_texts: Iterable[str], vocab_size: int, work_dir: Path) -> Vocabulary:
-    """The vocabulary named by ``--vocab``: ``bert``, ``train`` or a path."""
+def learn_wordpiece(texts: Iterable[str], vocab_size: int, limit_alphabet: int = 1000) -> list[str]:
+    """A WordPiece vocabulary learned as the Hugging Face trainer does, but deterministically.
+
+    The alphabet (the ``limit_alphabet`` most frequent characters), their ``##`` continuation
+    forms, then merges of the most frequent adjacent pair of symbols, counted over words
+    weighted by frequency, until ``vocab_size`` entries. Ties go to the lexicographically
+    first pair, so the same texts always give the same vocabulary (the Hugging Face trainer
+    breaks them in hash-map order, which changes from process to process).
+    """
+    counts = _word_counts(texts)
+    char_counts: Counter = Counter()
+    for word, freq in counts.items():
+        for char in word:
+            char_counts[char] += freq
+    alphabet = sorted(sorted(char_counts, key=lambda c: (-char_counts[c], c))[:limit_alphabet])
+    allowed = set(alphabet)
+    vocab = list(WORDPIECE_SPECIALS) + [c for c in alphabet if c not in WORDPIECE_SPECIALS]
+    known = set(vocab)
+    words: list[list[str]] = []
+    freqs: list[int] = []
+    for word in sorted(counts):
+        if not set(word) <= allowed:
+            continue
+        symbols = [word[0]] + ["##" + c for c in word[1:]]
+        for symbol in symbols[1:]:
+            if symbol not in known:
+                known.add(symbol)
+                vocab.append(symbol)
+        words.append(symbols)
+        freqs.append(counts[word])
+    pair_counts: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for index, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += freqs[index]
+            where.setdefault(pair, set()).add(index)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        neg_count, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -neg_count or neg_count == 0:
+            continue  # a stale entry: the pair's current count was pushed when it changed
+        first, second = pair
+        merged = first + (second[2:] if second.startswith("##") else second)
+        changed: set[tuple[str, str]] = set()
+        for index in sorted(where.pop(pair, ())):
+            symbols, freq = words[index], freqs[index]
+            for old in zip(symbols, symbols[1:]):
+                pair_counts[old] -= freq
+                changed.add(old)
+                where.get(old, set()).discard(index)
+            out, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            words[index] = out
+            for new in zip(out, out[1:]):
+                pair_counts[new] += freq
+                changed.add(new)
+                where.setdefault(new, set()).add(index)
+        for other in changed:
+            if pair_counts[other] > 0 and other != pair:
+                heapq.heappush(heap, (-pair_counts[other], other))
+        pair_counts.pop(pair, None)
+        if merged not in known:
+            known.add(merged)
+            vocab.append(merged)
+    return vocab
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int) -> list[str]:
+    """The tokens of a lowercase WordPiece vocabulary of at most ``vocab_size`` entries.
+
+    The special tokens, then the learned entries sorted, so the same training text gives the
+    same ``vocab.txt`` in every process.
+    """
+    learned = learn_wordpiece(texts, vocab_size)
+    itos = list(WORDPIECE_SPECIALS) + sorted(tok for tok in learned if tok not in WORDPIECE_SPECIALS)
+    logger.info("learned a WordPiece vocabulary of %d entries", len(itos))
+    return itos
+
+
+def build_vocab(spec: str, train_texts: Iterable[str], vocab_size: int) -> Vocabulary:
+    """The vocabulary named by ``--vocab``: ``bert``, ``train`` or a path (nothing is written)."""
     if spec == "train":
-        return train_wordpiece(train_texts, vocab_size, Path(work_dir) / "vocab.txt")
+        return WordPieceVocab.from_tokens(train_wordpiece(train_texts, vocab_size))
     if spec in ("bert", "bert-base-uncased"):
         found = _hf_cached_bert_vocab()
         if found is None:

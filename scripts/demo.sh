@@ -11,9 +11,9 @@
 #   NPROC=4 TRAIN_STEPS=50000 POST_STEPS=10000 LAYERS=12 HIDDEN=768 HEADS=12 FFN=3072 SEQ_LEN=128 \
 #   DIFF_STEPS=2000 BSZ=1024 DATA_DIR=datasets/QQP VOCAB=bert bash scripts/demo.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-DATA_DIR=${DATA_DIR:-datasets/wordnet_reverse}
+DATA_DIR=${DATA_DIR:-$ROOT/datasets/wordnet_reverse}
 OUT=${OUT:-demo_outputs/$(basename "$DATA_DIR")_$(date +%Y%m%d-%H%M%S)}
 NPROC=${NPROC:-1}
 TRAIN_STEPS=${TRAIN_STEPS:-2000}
@@ -44,24 +44,26 @@ COMMON=(--data_dir "$DATA_DIR" --dataset "$(basename "$DATA_DIR")" --vocab "$VOC
         --ema_rate 0.995 --log_interval 100 --eval_interval 1000 --seed 102)
 
 echo "== 1/4 training for $TRAIN_STEPS steps"
-"${LAUNCH[@]}" run_train.py "${COMMON[@]}" --learning_steps "$TRAIN_STEPS" --save_interval "$TRAIN_STEPS" \
+"${LAUNCH[@]}" "$ROOT/run_train.py" "${COMMON[@]}" --learning_steps "$TRAIN_STEPS" --save_interval "$TRAIN_STEPS" \
   --checkpoint_path "$OUT/base" --notes demo
 BASE_CKPT=$(printf "%s/base/ema_0.995_%06d.pt" "$OUT" "$TRAIN_STEPS")
 
 echo "== 2/4 distance-penalty post-training for $POST_STEPS steps"
 TOTAL=$((TRAIN_STEPS + POST_STEPS))
-"${LAUNCH[@]}" run_train.py "${COMMON[@]}" --learning_steps "$TOTAL" --save_interval "$TOTAL" \
+"${LAUNCH[@]}" "$ROOT/run_train.py" "${COMMON[@]}" --learning_steps "$TOTAL" --save_interval "$TOTAL" \
   --checkpoint_path "$OUT/post" --resume_checkpoint "$(printf "%s/base/model%06d.pt" "$OUT" "$TRAIN_STEPS")" \
   --simi_penalty l2_noise_random --simi_lambda -2 --simi_noise 0.05 --notes demo_post
 POST_CKPT=$(printf "%s/post/ema_0.995_%06d.pt" "$OUT" "$TOTAL")
 
 decode() {  # decode MODEL_NAME CHECKPOINT RESPACING LABEL
   local name="$1__$4"
+  local samples
+  samples="$OUT/decode/$name/$(basename "$(dirname "$2")")/$(basename "$2").samples"
   echo "== 3/4 decoding: $1 model, $4"
-  "${LAUNCH[@]}" sample_seq2seq.py --model_path "$2" --step "$DIFF_STEPS" --decode_respacing "$3" \
+  "${LAUNCH[@]}" "$ROOT/sample_seq2seq.py" --model_path "$2" --step "$DIFF_STEPS" --decode_respacing "$3" \
     --batch_size "$DECODE_BATCH" --seeds "$SEEDS" --split test --max_examples "$TEST_EXAMPLES" \
     --out_dir "$OUT/decode/$name"
-  python scripts/eval_seq2seq.py --folder "$OUT/decode/$name" --json "$OUT/eval/$name.json" --no_corpus_bleu \
+  python "$ROOT/scripts/eval_seq2seq.py" --folder "$samples" --json "$OUT/eval/$name.json" --no_corpus_bleu \
     > "$OUT/eval/$name.txt"
 }
 mkdir -p "$OUT/eval"
@@ -72,5 +74,5 @@ decode post-trained "$POST_CKPT" 20 uniform_20
 decode post-trained "$POST_CKPT" "" all
 
 echo "== 4/4 results (test split, first $TEST_EXAMPLES examples, seeds $SEEDS)"
-python scripts/demo_table.py "$OUT" | tee "$OUT/results.txt"
+python "$ROOT/scripts/demo_table.py" "$OUT" | tee "$OUT/results.txt"
 echo "== done: everything is under $OUT"

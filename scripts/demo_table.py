@@ -27,6 +27,11 @@ def copy_baseline_bleu(decode_dir: Path) -> float:
     return sum(scores) / len(scores)
 
 
+def samples_of(decode_dir: Path) -> Path:
+    """The ``<checkpoint folder>/<checkpoint>.samples`` folder a decode wrote under ``decode_dir``."""
+    return next(decode_dir.glob("*/*.samples"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
@@ -35,12 +40,12 @@ def main() -> int:
     rows = []
     for eval_json in sorted((args.out_dir / "eval").glob("*.json")):
         model, decoding = eval_json.stem.split("__")
-        rows.append(load_row(model, decoding, args.out_dir / "decode" / eval_json.stem, eval_json))
+        rows.append(load_row(model, decoding, samples_of(args.out_dir / "decode" / eval_json.stem), eval_json))
     order = {"base": 0, "post-trained": 1}
     rows.sort(key=lambda r: (order.get(r.model, 2), -r.steps if r.decoding == "all" else r.steps, r.decoding))
     add_speedups(rows)
     print(format_table(rows, markdown=args.markdown))
-    any_decode = args.out_dir / "decode" / sorted((args.out_dir / "eval").glob("*.json"))[0].stem
+    any_decode = samples_of(args.out_dir / "decode" / sorted((args.out_dir / "eval").glob("*.json"))[0].stem)
     print(f"\ncopy-the-source baseline BLEU on the same test lines: {copy_baseline_bleu(any_decode):.4f}")
     return 0
 

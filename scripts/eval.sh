@@ -2,7 +2,7 @@
 # Evaluate a folder of per-seed outputs (BLEU, ROUGE-L, dist-1, length; diversity or MBR across seeds).
 #   bash scripts/eval.sh OUTPUT_FOLDER [--mbr] [--json OUT.json] [...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 1 ]; then echo "usage: bash scripts/eval.sh OUTPUT_FOLDER [flags...]" >&2; exit 2; fi
 FOLDER=$1; shift
-exec python scripts/eval_seq2seq.py --folder "$FOLDER" "$@"
+exec python "$ROOT/scripts/eval_seq2seq.py" --folder "$FOLDER" "$@"

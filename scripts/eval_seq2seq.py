@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,7 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from diffuseq import metrics  # noqa: E402
+from diffuseq.fileio import atomic_write_text  # noqa: E402
 from diffuseq.errors import UserError, run_cli  # noqa: E402
+from diffuseq.outputs import check_outputs  # noqa: E402
 
 logger = logging.getLogger("eval_seq2seq")
 FIELDS = ("recover", "reference", "source")
@@ -69,6 +72,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--bertscore_batch_size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None, help="processes for scoring (default: all CPUs)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow_mixed", action="store_true",
+                   help="score files of different decodes (checkpoints or settings) together")
     return p.parse_args(argv)
 
 
@@ -164,13 +169,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         metrics.check_bertscore(args.bertscore_model)  # fail before the long work
     if args.mbr_out and not args.mbr:
         raise UserError("--mbr_out needs --mbr")
-    for out_path in (args.json, args.mbr_out):
+    for flag, out_path in (("--json", args.json), ("--mbr_out", args.mbr_out)):
+        if out_path and os.path.isdir(out_path):
+            raise UserError(f"{flag} {out_path} is a folder; give a file name")
         if out_path and not os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
-            raise UserError(f"{out_path}: its folder does not exist")
+            raise UserError(f"{flag} {out_path}: its folder does not exist")
     special = metrics.SpecialTokens(sos=args.sos, eos=args.eos, sep=args.sep, pad=args.pad)
 
     t0 = time.perf_counter()
     files = find_files(args.folder, args.pattern)
+    groups = check_outputs([Path(f) for f in files], allow_mixed=args.allow_mixed)
+    if len(groups) > 1:
+        logger.warning("scoring files of %d different decodes together (--allow_mixed)", len(groups))
     outputs = [read_outputs(path, special) for path in files]
     check_aligned(outputs)
     n_files = len(outputs)
@@ -252,17 +262,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                    "diversity": diversity,
                    "mbr": mbr_summary.to_dict() if mbr_summary is not None else None,
                    "corpus_bleu": corpus}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, args.json)
+        atomic_write_text(json.dumps(payload, indent=2) + "\n", Path(args.json))
         logger.info("wrote %s", args.json)
     if args.mbr_out and mbr_texts is not None:
-        with open(args.mbr_out, "w", encoding="utf-8") as fh:
-            for i, text in enumerate(mbr_texts):
-                fh.write(json.dumps({"recover": text, "reference": outputs[0].references[i],
-                                     "source": outputs[0].sources[i]}) + "\n")
+        atomic_write_text("".join(json.dumps({"recover": text, "reference": outputs[0].references[i],
+                                              "source": outputs[0].sources[i]}) + "\n"
+                                  for i, text in enumerate(mbr_texts)), Path(args.mbr_out))
         logger.info("wrote %s", args.mbr_out)
     return 0
 

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Distance Penalty post-training: the paper's seed command (4 GPUs, torchrun).
+# Distance Penalty post-training: the paper's seed command (Bridge-Gap's, 4 GPUs).
 #   bash scripts/post_train.sh DATA_DIR CHECKPOINT [extra run_train.py flags...]
-# CHECKPOINT is a modelNNNNNN.pt or ema_<rate>_NNNNNN.pt (ours or DiffuSeq's); training continues its step count.
-# Environment: NPROC (default 4), SEQ_LEN (128), VOCAB (bert), STEPS (320000).
-# DiffuSeq's --bsz is per process; here --bsz is the global batch, so the seed command's
-# "--bsz 100 --microbatch 100" on 4 GPUs is --bsz 400 --microbatch 100 (override with BSZ).
+# CHECKPOINT is a modelNNNNNN.pt or ema_<rate>_NNNNNN.pt (ours or DiffuSeq's): the model size, T, the
+# noise schedule, seq_len and the vocabulary come from its training_args.json; training continues its
+# step count with a constant learning rate (as Bridge-Gap). Checkpoints go to OUT (default:
+# <checkpoint folder>_post), so the same command started again continues where it stopped.
+# Environment: NPROC (default 4), BSZ (batch per process, default 100), STEPS (320000), OUT.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/launch.sh"
 if [ $# -lt 2 ]; then echo "usage: bash scripts/post_train.sh DATA_DIR CHECKPOINT [flags...]" >&2; exit 2; fi
 DATA_DIR=$1; CHECKPOINT=$2; shift 2
 NPROC=${NPROC:-4}
 NAME=$(basename "$DATA_DIR")
-exec torchrun --standalone --nproc_per_node="$NPROC" run_train.py \
-  --diff_steps 2000 --microbatch 100 --lr 0.0001 --learning_steps "${STEPS:-320000}" --save_interval 2500 \
-  --seed 109 --noise_schedule sqrt --hidden_dim 128 --bsz "${BSZ:-$((100 * NPROC))}" --dataset "$NAME" \
-  --data_dir "$DATA_DIR" --vocab "${VOCAB:-bert}" --seq_len "${SEQ_LEN:-128}" \
+launch run_train.py \
+  --microbatch 100 --lr 0.0001 --learning_steps "${STEPS:-320000}" --save_interval 2500 --seed 109 \
+  --bsz "${BSZ:-100}" --dataset "$NAME" --data_dir "$DATA_DIR" \
   --simi_penalty l2_noise_random --simi_lambda -2 --simi_step 10 --simi_noise 0.05 \
-  --resume_checkpoint "$CHECKPOINT" --schedule_sampler lossaware --notes "${NAME}_post" "$@"
+  --resume_checkpoint "$CHECKPOINT" --checkpoint_path "${OUT:-$(dirname "$CHECKPOINT")_post}" \
+  --schedule_sampler lossaware --notes "${NAME}_post" "$@"

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ import torch  # noqa: E402
 from diffuseq import checkpoint as ckpt  # noqa: E402
 from diffuseq.data import load_split  # noqa: E402
 from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, decode_to_files,  # noqa: E402
-                               load_checkpoint)
+                               load_checkpoint, output_name)
+from diffuseq.fileio import atomic_write_text  # noqa: E402
 from diffuseq.errors import UserError, run_cli  # noqa: E402
 from diffuseq.report import Row, add_speedups, format_table, load_row  # noqa: E402
 
@@ -85,29 +87,41 @@ def plan_cells(models: list[str], steps: list[int], kinds: tuple[str, ...] = ("u
     return cells
 
 
-def cell_done(out_dir: Path, cell: Cell, seeds: list[int]) -> bool:
-    """A cell is finished when its decode description and its evaluation exist, covering every seed."""
-    eval_json = out_dir / "eval" / f"{cell.name}.json"
+def cell_key(cell: Cell, checkpoint: dict, args: argparse.Namespace, data_dir: str) -> dict:
+    """Everything that decides a cell's outputs: the checkpoint's identity and every setting."""
+    return {"checkpoint": checkpoint["sha256"], "checkpoint_path": checkpoint["path"], "respacing": cell.respacing(),
+            "seeds": args.seed_list, "split": args.split, "max_examples": args.max_examples,
+            "data_dir": str(Path(data_dir).resolve())}
+
+
+def cell_done(out_dir: Path, cell: Cell, key: dict) -> bool:
+    """A cell is finished when its evaluation exists and it was decoded from this checkpoint with these settings."""
+    eval_json, key_file = out_dir / "eval" / f"{cell.name}.json", out_dir / "decode" / cell.name / "cell.json"
     if not eval_json.is_file() or not any((out_dir / "decode" / cell.name).glob("*.meta.json")):
         return False
     try:
-        files = json.loads(eval_json.read_text())["files"]
-    except (OSError, ValueError, KeyError):
+        return json.loads(key_file.read_text()) == key
+    except (OSError, ValueError):
         return False
-    return all(any(name.startswith(f"seed{seed}_") for name in files) for seed in seeds)
 
 
-def decode_cell(cell: Cell, model_path: Path, loaded: tuple, args: argparse.Namespace, out_dir: Path) -> None:
+def decode_cell(cell: Cell, checkpoint: dict, loaded: tuple, args: argparse.Namespace, out_dir: Path,
+                key: dict) -> None:
     """Decode one cell with every seed into ``out_dir/decode/<cell>/`` (as sample_seq2seq.py writes it)."""
     cfg, vocab, model = loaded
     sampler = DiffusionSampler(SamplerConfig(cfg.diffusion_steps, cfg.noise_schedule, cell.respacing()))
     data = load_split(Path(args.data_dir or cfg.data_dir), args.split, vocab, cfg.seq_len, args.max_examples)
     clamp = NearestEmbedding(model.word_embedding.weight.detach())
     folder = out_dir / "decode" / cell.name
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"step{cfg.diffusion_steps}_eta-1.0_respace_{cell.respacing() or 'none'}_{args.split}"
+    if folder.exists():
+        shutil.rmtree(folder)  # outputs of another checkpoint or other settings
+    folder.mkdir(parents=True)
+    name = output_name(cfg.diffusion_steps, -1.0, cell.respacing(), args.split, 0.0,
+                       {"first": args.max_examples} if args.max_examples else {})
+    settings = {"split": args.split, "data_dir": key["data_dir"], "max_examples": args.max_examples, "dtype": "fp32"}
     decode_to_files(model, sampler, vocab, data, args.seed_list, folder, name, args.batch_size, None, clamp,
-                    {"model_path": str(model_path), "split": args.split, "dtype": "fp32"})
+                    {"checkpoint": checkpoint, "settings": settings})
+    atomic_write_text(json.dumps(key, indent=2) + "\n", folder / "cell.json")
 
 
 def evaluate_cell(cell: Cell, out_dir: Path) -> None:
@@ -116,7 +130,7 @@ def evaluate_cell(cell: Cell, out_dir: Path) -> None:
     eval_json.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_seq2seq.py"), "--folder",
                              str(out_dir / "decode" / cell.name), "--json", str(eval_json), "--no_corpus_bleu",
-                             "--no_progress"], capture_output=True, text=True)
+                             "--no_progress", "--pattern", "seed*.json"], capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"evaluating {cell.name} failed: {result.stderr.strip().splitlines()[-1]}")
 
@@ -170,7 +184,7 @@ def main() -> int:
     parser.add_argument("--data_dir", default="", help="override the training data folder")
     parser.add_argument("--max_examples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=250)
-    parser.add_argument("--out_dir", default="docs/reproduce")
+    parser.add_argument("--out_dir", default="reproduce_outputs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -182,20 +196,22 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     paths = {"base": Path(args.base), "post-trained": Path(args.post)}
     loaded = {name: load_checkpoint(path, device) for name, path in paths.items()}
+    identities = {name: ckpt.file_identity(path) for name, path in paths.items()}
     num_timesteps = loaded["base"][0].diffusion_steps
     cells = plan_cells(list(paths), parse_steps(args.steps, num_timesteps))
     for cell in cells:
-        if cell_done(out_dir, cell, args.seed_list):
+        key = cell_key(cell, identities[cell.model], args, args.data_dir or loaded[cell.model][0].data_dir)
+        if cell_done(out_dir, cell, key):
             logger.info("%s: already done", cell.name)
             continue
         logger.info("%s: decoding with %s", cell.name, cell.respacing() or "all steps")
-        decode_cell(cell, paths[cell.model], loaded[cell.model], args, out_dir)
+        decode_cell(cell, identities[cell.model], loaded[cell.model], args, out_dir, key)
         evaluate_cell(cell, out_dir)
     rows = assemble(out_dir, cells)
     table = format_table(rows, markdown=True)
     header = (f"Test split ({args.split}, {loaded['base'][0].data_dir or args.data_dir}), seeds {args.seeds}, "
               f"T = {num_timesteps}; wall time is per seed, on {device}.\n\n")
-    ckpt.atomic_write_text(header + table + "\n", out_dir / "results.md")
+    atomic_write_text(header + table + "\n", out_dir / "results.md")
     plots = write_plots(rows, out_dir)
     print(table)
     print(f"\nwrote {out_dir / 'results.md'}, {', '.join(str(p) for p in plots)}")

@@ -34,15 +34,27 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _samples(out_dir, model_path):
+    """DiffuSeq's layout: <out_dir>/<checkpoint folder>/<checkpoint file>.samples/."""
+    return out_dir / model_path.parent.name / f"{model_path.name}.samples"
+
+
+def _name(seed, spacing, split="test", step=100, eta="-1.0", extra=""):
+    """Bridge-Gap's file name of a decode."""
+    return (f"seed{seed}_step{step}_eta{eta}_respace_{spacing}_{split}_topp0.0_tau1.0_topl0.0_topk0_noisedl0.0_scend"
+            f"_clamp_skip-1_pd_{extra}.json")
+
+
 def test_decode_writes_one_file_per_seed_and_settings(trained, tmp_path):
-    out = tmp_path / "out"
-    result = _decode(trained / "ema_0.9999_000030.pt", out, "--step", 100, "--decode_respacing", "adp_10",
+    model = trained / "ema_0.9999_000030.pt"
+    result = _decode(model, tmp_path / "out", "--step", 100, "--decode_respacing", "adp_10",
                      "--seeds", "10,11", "--batch_size", 4)
     assert result.returncode == 0, result.stderr
+    out = _samples(tmp_path / "out", model)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ck"]
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["decode_step100_eta-1.0_respace_adp_10_test.meta.json",
-                     "seed10_step100_eta-1.0_respace_adp_10_test.json",
-                     "seed11_step100_eta-1.0_respace_adp_10_test.json"]
+    assert files == ["decode" + _name(10, "adp_10")[len("seed10"):-len(".json")] + ".meta.json",
+                     _name(10, "adp_10"), _name(11, "adp_10")]
     lines = _lines(out / files[1])
     assert len(lines) == 13
     assert all(set(line) == {"recover", "reference", "source"} for line in lines)
@@ -52,7 +64,7 @@ def test_decode_writes_one_file_per_seed_and_settings(trained, tmp_path):
     assert [line["source"] for line in lines] == [f"[CLS] {p['src']} [SEP] [SEP]" for p in test_pairs]
     assert _lines(out / files[1]) != _lines(out / files[2])  # the seeds differ
     meta = json.loads((out / files[0]).read_text())
-    assert meta["denoising_steps"] == 10 and meta["sampler"]["respacing"] == "adp_10"
+    assert meta["denoising_steps"] == 10 and meta["settings"]["sampler"]["respacing"] == "adp_10"
     assert set(meta["seeds"]) == {"10", "11"} and meta["seeds"]["10"]["wall_seconds"] > 0
 
 
@@ -64,21 +76,43 @@ def test_output_does_not_depend_on_batch_size_or_process_count(trained, tmp_path
     result = _decode(model, tmp_path / "ddp", *common, "--batch_size", 2, launcher=TORCHRUN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "on 2 process(es)" in result.stderr
-    name = "seed7_step100_eta-1.0_respace_20_test.json"
-    reference = (tmp_path / "b16" / name).read_text()
-    assert (tmp_path / "b3" / name).read_text() == reference
-    assert (tmp_path / "ddp" / name).read_text() == reference
+    name = _name(7, "20")
+    reference = (_samples(tmp_path / "b16", model) / name).read_text()
+    assert (_samples(tmp_path / "b3", model) / name).read_text() == reference
+    assert (_samples(tmp_path / "ddp", model) / name).read_text() == reference
 
 
-def test_ddim_all_steps_and_clamp_options(trained, tmp_path):
+def test_ddim_all_steps_and_diffuseq_decode_flags(trained, tmp_path):
     model = trained / "model000030.pt"
-    result = _decode(model, tmp_path / "ddim", "--eta", 0, "--decode_respacing", "ddim10", "--clamp_step", 50,
-                     "--max_examples", 5)
+    result = _decode(model, tmp_path / "ddim", "--eta", 0, "--decode_respacing", "ddim10", "--clamp_step", 5,
+                     "--max_examples", 5, "--clip_denoised", "True", "--top_p", 0.5)
     assert result.returncode == 0, result.stderr
-    assert len(_lines(next((tmp_path / "ddim").glob("seed*.json")))) == 5
-    result = _decode(model, tmp_path / "full", "--max_examples", 3, "--clamp_step", -1)
+    [name] = [p.name for p in _samples(tmp_path / "ddim", model).glob("seed*.json")]
+    assert name == _name(105, "ddim10", eta="0.0", extra="_clampstep5_clip_first5").replace("topp0.0", "topp0.5")
+    assert len(_lines(_samples(tmp_path / "ddim", model) / name)) == 5
+    result = _decode(model, tmp_path / "full", "--max_examples", 3, "--clamp_step", 1000)
     assert result.returncode == 0, result.stderr
     assert "with 100 denoising steps" in result.stderr
+    # DiffuSeq's --step S < T: DDIM with S steps (ending at t = 0 here), said in the log
+    result = _decode(model, tmp_path / "stride", "--max_examples", 3, "--step", 20)
+    assert result.returncode == 0, result.stderr
+    assert "DDIM (eta 0) over 20 evenly spaced steps ending at t = 0" in result.stderr
+    assert "with 20 denoising steps" in result.stderr
+    meta = json.loads(next(_samples(tmp_path / "stride", model).glob("*.meta.json")).read_text())
+    assert meta["settings"]["sampler"]["eta"] == 0.0 and meta["settings"]["sampler"]["respacing"] == "20"
+
+
+def test_diffuseq_defaults_and_bridge_gap_flags(trained, tmp_path):
+    model = trained / "model000030.pt"
+    # DiffuSeq's defaults: --seed2 105, --split valid; Bridge-Gap's rounding flags at their defaults
+    args = ["--model_path", str(model), "--out_dir", str(tmp_path / "out"), "--step", "100", "--decode_respacing",
+            "adp_4", "--top_k", "0", "--tau", "1.0", "--clamp_skip", "-1", "--p_d", "", "--scale_end", ""]
+    result = run_script("sample_seq2seq.py", args)
+    assert result.returncode == 0, result.stderr
+    assert (_samples(tmp_path / "out", model) / _name(105, "adp_4", split="valid")).is_file()
+    for flag, value in (("--top_k", "3"), ("--tau", "0.5"), ("--p_d", "last_5"), ("--clamp_skip", "1")):
+        result = run_script("sample_seq2seq.py", args[:-10] + [flag, value])
+        assert_clean_error(result, f"{flag} ", "not supported", "Bridge-Gap")
 
 
 def test_a_diffuseq_folder_decodes(trained, tmp_path):
@@ -112,11 +146,16 @@ def test_a_diffuseq_folder_decodes(trained, tmp_path):
     (("--decode_respacing", "500"), "more than the model's T = 100"),
     (("--decode_respacing", "ddim60"), "no integer stride"),
     (("--step", "50", "--decode_respacing", "adp_10"), "conflicts"),
-    (("--split", "dev"), "has no dev.jsonl"),
+    (("--split", "dev"), "invalid choice"),
+    (("--clamp_step", "-1"), "--clamp_step must be >= 0"),
+    (("--eta", "5"), "--eta must be -1"),
+    (("--top_p", "-1"), "--top_p must be >= 0"),
+    (("--max_examples", "0"), "--max_examples must be positive"),
+    (("--decode_respacing", "[0,5]"), "positive step counts"),
 ])
 def test_bad_decode_flags(trained, tmp_path, flags, message):
     assert_clean_error(_decode(trained / "model000030.pt", tmp_path / "out", *flags), message)
-    assert not any((tmp_path / "out").glob("seed*.json")) if (tmp_path / "out").exists() else True
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_checkpoints(trained, tmp_path):

@@ -62,8 +62,12 @@ def test_posterior_mean_and_ddpm_step_by_hand():
     c2 = (1 - abar[1]) * math.sqrt(0.7) / (1 - abar[2])
     var = 0.3 * (1 - abar[1]) / (1 - abar[2])
     x_t, x0, z = torch.tensor([[1.0]]), torch.tensor([[2.0]]), torch.tensor([[0.5]])
+    # DiffuSeq's variance is "fixed large": beta_t (the posterior variance of t = 1 at t = 0, where it is unused)
     out = diffusion.ddpm_step(x_t, torch.tensor([t]), x0, z)
-    assert out.item() == pytest.approx(c1 * 2 + c2 * 1 + math.sqrt(var) * 0.5, rel=1e-5)
+    assert out.item() == pytest.approx(c1 * 2 + c2 * 1 + math.sqrt(0.3) * 0.5, rel=1e-5)
+    small = diffusion.ddpm_step(x_t, torch.tensor([t]), x0, z, sigma_small=True)
+    assert small.item() == pytest.approx(c1 * 2 + c2 * 1 + math.sqrt(var) * 0.5, rel=1e-5)
+    assert diffusion.fixed_large_log_variance[0] == pytest.approx(math.log(diffusion.posterior_variance[1]))
     # t = 0: no noise, posterior variance there is that of t = 1 but unused
     out0 = diffusion.ddpm_step(x_t, torch.tensor([0]), x0, z)
     assert out0.item() == pytest.approx(diffusion.posterior_mean_coef1[0] * 2 + diffusion.posterior_mean_coef2[0],
@@ -156,7 +160,7 @@ def test_state_dict_keys_and_shapes_match_diffuseq(size):
 
 
 def test_encoder_matches_huggingface_bert_encoder():
-    transformers = pytest.importorskip("transformers")
+    import transformers  # a test requirement (requirements-test.txt): this test never skips
     from transformers.models.bert.modeling_bert import BertEncoder
 
     ours = TransformerNetModel(50, 16, 16, 0.0, EncoderConfig(2, 32, 4, 64)).input_transformers.eval()

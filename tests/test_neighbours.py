@@ -129,7 +129,16 @@ def test_random_neighbours_cover_both_sides_uniformly():
         assert chi2 < dof + 5 * math.sqrt(2 * dof)  # consistent with uniform
 
 
-@pytest.mark.parametrize("variant", ["l2", "cosine", "kl"])
+def test_kl_teacher_is_the_step_below():
+    T, step = 100, 10
+    sampler = NeighbourSampler("kl", sqrt_alphas_cumprod(T), simi_step=step)
+    t = torch.arange(T).repeat(3)
+    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(3))
+    assert torch.equal(t_nb, (t - step).clamp(0, T - 1))
+    assert torch.equal(active, t_nb > 0)
+
+
+@pytest.mark.parametrize("variant", ["l2", "cosine"])
 def test_step_neighbours(variant):
     T, step = 100, 10
     sampler = NeighbourSampler(variant, sqrt_alphas_cumprod(T), simi_step=step)

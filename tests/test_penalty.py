@@ -22,14 +22,19 @@ def test_bad_penalty_settings():
     diffusion = GaussianDiffusion.from_schedule("sqrt", 50)
     with pytest.raises(UserError, match="must be negative"):
         DistancePenalty.create("l2_noise_random", 2.0, diffusion)
+    with pytest.raises(UserError, match="must be positive or zero for kl"):
+        DistancePenalty.create("kl", -2.0, diffusion)
+    with pytest.raises(UserError, match="must be below the model's T"):
+        DistancePenalty.create("l2", -2.0, diffusion, simi_step=50)
     with pytest.raises(UserError, match="unknown --simi_penalty"):
         DistancePenalty.create("l3", -2.0, diffusion)
 
 
-@pytest.mark.parametrize("variant", ["l2", "l2_noise", "l2_noise_random", "cosine", "kl"])
-def test_combined_loss_by_hand(variant):
+@pytest.mark.parametrize("variant,simi_lambda", [("l2", -2.0), ("l2_noise", -2.0), ("l2_noise_random", -2.0),
+                                                 ("cosine", -2.0), ("cosine", 0.5), ("kl", 2.0)])
+def test_combined_loss_by_hand(variant, simi_lambda):
     diffusion = GaussianDiffusion.from_schedule("sqrt", 20)
-    penalty = DistancePenalty.create(variant, -2.0, diffusion, simi_step=3, simi_noise=0.2)
+    penalty = DistancePenalty.create(variant, simi_lambda, diffusion, simi_step=3, simi_noise=0.2)
     model = HalfModel()
     ids = torch.tensor([[0, 1, 2], [2, 1, 0]])
     mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
@@ -51,17 +56,19 @@ def test_combined_loss_by_hand(variant):
     pred, pred_nb = noised(t) / 2, noised(t_nb) / 2
     mse = ((emb - pred) ** 2).mean((1, 2))
     mse_nb = ((emb - pred_nb) ** 2).mean((1, 2))
-    if variant == "cosine":
-        distance = (1 - torch.nn.functional.cosine_similarity(pred, pred_nb, dim=-1)).mean(-1)
-    elif variant == "kl":
+    cos = torch.nn.functional.cosine_similarity(pred, pred_nb, dim=-1)
+    if variant == "cosine" and simi_lambda > 0:  # Bridge-Gap: a positive weight pushes the predictions apart
+        pen = simi_lambda * (1 + cos).mean(-1)
+    elif variant == "cosine":
+        pen = -simi_lambda * (1 - cos).mean(-1)
+    elif variant == "kl":  # teacher t - 3, KL averaged over positions and the vocabulary
+        assert torch.equal(t_nb, t - 3)
         table = emb_table(model).t()
-        lp, lq = torch.log_softmax(pred @ table, -1), torch.log_softmax(pred_nb @ table, -1)
-        teacher_is_nb = (t_nb < t).view(2, 1, 1)
-        log_teacher, log_student = torch.where(teacher_is_nb, lq, lp), torch.where(teacher_is_nb, lp, lq)
-        distance = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean(-1)
+        log_student, log_teacher = torch.log_softmax(pred @ table, -1), torch.log_softmax(pred_nb @ table, -1)
+        pen = simi_lambda * (log_teacher.exp() * (log_teacher - log_student)).mean((1, 2))
     else:
-        distance = ((pred_nb - pred) ** 2).mean((1, 2))
-    pen = 2.0 * distance * active
+        pen = -simi_lambda * ((pred_nb - pred) ** 2).mean((1, 2))
+    pen = pen * active
     t_t = ((abar[-1].sqrt() * x0) ** 2).mean((1, 2))
     rounding = -torch.log_softmax(x0 @ emb_table(model).t(), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1).mean(-1)
     expected = (mse + mse_nb + 2 * rounding + 2 * t_t + pen) / 2

@@ -43,10 +43,13 @@ def test_nearest_embedding_returns_vocabulary_rows():
 
 
 def test_step_flag_rules():
-    assert check_step_flag(2000, 2000, "adp_20") == "adp_20"
-    assert check_step_flag(None, 2000, "") == ""
-    assert check_step_flag(100, 2000, "") == "100"
+    assert check_step_flag(2000, 2000, "adp_20", -1.0) == ("adp_20", -1.0)
+    assert check_step_flag(None, 2000, "", -1.0) == ("", -1.0)
+    # DiffuSeq: --step S < T is DDIM (eta 0 unless given) with S steps, here ending at t = 0
+    assert check_step_flag(100, 2000, "", -1.0) == ("100", 0.0)
+    assert check_step_flag(100, 2000, "", 0.5) == ("100", 0.5)
+    assert 0 in space_timesteps(2000, check_step_flag(100, 2000, "", -1.0)[0])
     with pytest.raises(UserError, match="conflicts"):
-        check_step_flag(100, 2000, "adp_20")
+        check_step_flag(100, 2000, "adp_20", -1.0)
     with pytest.raises(UserError, match="outside"):
-        check_step_flag(4000, 2000, "")
+        check_step_flag(4000, 2000, "", -1.0)

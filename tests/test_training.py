@@ -24,12 +24,9 @@ def toy(tmp_path_factory):
 
 def _trainer(cfg, folder):
     """A Trainer built the way ``train`` builds it (vocabulary saved in the folder)."""
-    from diffuseq.train_loop import _prepare_vocab
+    from diffuseq.train_loop import setup_run
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = _prepare_vocab(cfg, folder, None)
-    cfg.vocab_size = vocab.size
-    return Trainer(cfg, folder, vocab, torch.device("cpu"))
+    return setup_run(cfg, torch.device("cpu"))
 
 
 def test_tiny_model_overfits_64_pairs_and_recovers_targets(toy, tmp_path):
@@ -96,15 +93,15 @@ def test_training_writes_diffuseq_checkpoints_and_resumes(toy, tmp_path):
 
 def test_torchrun_two_processes_train_and_checkpoint(toy, tmp_path):
     folder = tmp_path / "ddp"
-    result = run_script("run_train.py", tiny_args(toy, folder, schedule_sampler="lossaware"),
+    result = run_script("run_train.py", tiny_args(toy, folder, schedule_sampler="lossaware", bsz=8, microbatch=8),
                         launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   "--nproc_per_node=2"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "2 process(es), batch 8 per process" in result.stderr
+    assert "2 process(es), batch 8 per process" in result.stderr  # --bsz is per process, as in DiffuSeq
     assert (folder / "model000020.pt").is_file() and (folder / "trainstate000020.pt").is_file()
     state = torch.load(folder / "trainstate000020.pt", weights_only=True)
     assert len(state["rng"]) == 2
-    # the loss-aware history was gathered from both ranks: 20 steps x 16 examples recorded
+    # the loss-aware history was gathered from both ranks: 20 steps x 2 ranks x 8 examples recorded
     assert int(state["sampler"]["loss_counts"].sum()) == 20 * 16
 
 
@@ -155,9 +152,9 @@ def test_bad_resume_checkpoints(toy, tmp_path):
     (broken / "model000010.pt").write_bytes((base / "model000010.pt").read_bytes()[:500])
     with pytest.raises(UserError, match="cannot read checkpoint"):
         train(_bad(tmp_path / "b", toy, resume_checkpoint=broken / "model000010.pt", learning_steps=30))
-    with pytest.raises(UserError, match="hidden_dim|word_embedding"):
+    with pytest.raises(UserError, match="--hidden_dim gives 8 but .* says 16"):
         train(_bad(tmp_path / "c", toy, resume_checkpoint=base / "model000010.pt", learning_steps=30, hidden_dim=8))
-    with pytest.raises(UserError, match="seq_len 20 does not match"):
+    with pytest.raises(UserError, match="--seq_len gives 20 but .* says 16"):
         train(_bad(tmp_path / "d", toy, resume_checkpoint=base / "model000010.pt", learning_steps=30, seq_len=20))
     other_vocab = tmp_path / "othervocab"
     other_vocab.mkdir()

@@ -11,8 +11,8 @@ from diffuseq.config import parse_train_args
 from diffuseq.data import merge_and_mask
 from diffuseq.errors import UserError
 from diffuseq.train_loop import train
-from diffuseq.vocab import WordPieceVocab, WordVocab, build_vocab, load_vocab_from
-from helpers import make_toy_dataset, tiny_args
+from diffuseq.vocab import WordPieceVocab, WordVocab, build_vocab, learn_wordpiece, load_vocab_from
+from helpers import make_toy_dataset, run_script, tiny_args
 
 BERT_LIKE = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s", "."]
 
@@ -30,11 +30,11 @@ def test_merge_and_mask_truncates_the_longer_side_like_diffuseq():
 def test_bert_vocab_comes_from_the_local_cache_or_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(UserError, match="not in the local Hugging Face cache"):
-        build_vocab("bert", [], 100, tmp_path)
+        build_vocab("bert", [], 100)
     snapshot = tmp_path / "hub" / "models--bert-base-uncased" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
     (snapshot / "vocab.txt").write_text("\n".join(BERT_LIKE) + "\n")
-    vocab = build_vocab("bert", [], 100, tmp_path)
+    vocab = build_vocab("bert", [], 100)
     assert isinstance(vocab, WordPieceVocab) and vocab.size == len(BERT_LIKE)
     ids = vocab.encode_batch(["The cats sat."])[0]
     assert vocab.tokens(ids) == ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]"]
@@ -66,3 +66,37 @@ def test_training_with_a_word_vocabulary_file(tmp_path):
     saved = json.loads((folder / "vocab.json").read_text())
     state = torch.load(folder / "model000004.pt", weights_only=True)
     assert state["word_embedding.weight"].shape[0] == len(saved) == len(words) + 4
+
+
+def test_same_command_twice_gives_identical_files(tmp_path):
+    """--vocab train learns the same vocabulary in every process, so two runs give the same bytes."""
+    data = make_toy_dataset(tmp_path / "toy", n_train=200)
+    runs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        result = run_script("run_train.py", tiny_args(data, folder, vocab="train", vocab_size=120, learning_steps=6,
+                                                      save_interval=3),
+                            env={"PYTHONHASHSEED": {"a": "1", "b": "2"}[name]})
+        assert result.returncode == 0, result.stderr
+        runs.append(folder)
+    names = sorted(p.name for p in runs[0].iterdir())
+    assert names == sorted(p.name for p in runs[1].iterdir())
+    assert {"vocab.txt", "config.json", "model000006.pt", "ema_0.9999_000003.pt", "opt000006.pt"} <= set(names)
+    for name in names:
+        a, b = (run / name for run in runs)
+        if name == "training_args.json":  # names its own folder
+            args_a, args_b = json.loads(a.read_text()), json.loads(b.read_text())
+            for key in ("checkpoint_path", "config_name"):
+                assert args_a.pop(key) != args_b.pop(key)
+            assert args_a == args_b
+        else:
+            assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_learned_wordpiece_vocabulary_is_deterministic_and_tokenises():
+    texts = ["the cat sat on the mat", "the dog sat on a log", "cats and dogs", "unbelievable things happen"] * 5
+    first = learn_wordpiece(texts, 60)
+    assert first == learn_wordpiece(list(reversed(texts)), 60)
+    assert len(first) == 60 and first[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert "the" in first and "##at" in first  # frequent words and pieces are merged
+    assert set("thecatsdog") <= set(first)  # every character of the alphabet
