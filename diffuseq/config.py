@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 from .errors import UserError
 from .model import EncoderConfig
+from .schedules import NOISE_SCHEDULES
+from .step_sample import SCHEDULE_SAMPLERS
 
 BERT_BASE_NAMES = ("bert-base-uncased", "bert-base-cased", "bert-base")
 
@@ -42,8 +44,10 @@ class TrainConfig:
     seq_len: int = _opt(128, "length of src [SEP] trg sequences, padding included")
     # diffusion
     diffusion_steps: int = _opt(2000, "number of diffusion steps T", "--diff_steps")
-    noise_schedule: str = _opt("sqrt", "noise schedule", choices=("sqrt", "linear", "cosine"))
-    schedule_sampler: str = _opt("lossaware", "timestep sampler", choices=("uniform", "lossaware"))
+    noise_schedule: str = _opt("sqrt", "noise schedule", choices=NOISE_SCHEDULES)
+    schedule_sampler: str = _opt("lossaware", "timestep sampling: uniform, lossaware (importance sampling by the "
+                                              "loss), fixstep (DiffuSeq's: later half at half weight)",
+                                 choices=SCHEDULE_SAMPLERS)
     # model
     hidden_dim: int = _opt(128, "word embedding size (the space diffusion runs in)")
     hidden_t_dim: int = _opt(128, "sinusoidal timestep embedding size")
@@ -120,10 +124,12 @@ class TrainConfig:
             self.resume_checkpoint = ""
         if self.diffusion_steps < 2:
             raise UserError(f"--diff_steps must be at least 2, got {self.diffusion_steps}")
-        if self.noise_schedule not in ("sqrt", "linear", "cosine"):
-            raise UserError(f"unknown --noise_schedule {self.noise_schedule!r}; choose sqrt, linear or cosine")
-        if self.schedule_sampler not in ("uniform", "lossaware"):
-            raise UserError(f"unknown --schedule_sampler {self.schedule_sampler!r}; choose uniform or lossaware")
+        if self.noise_schedule not in NOISE_SCHEDULES:
+            raise UserError(f"unknown --noise_schedule {self.noise_schedule!r}; choose one of "
+                            f"{', '.join(NOISE_SCHEDULES)}")
+        if self.schedule_sampler not in SCHEDULE_SAMPLERS:
+            raise UserError(f"unknown --schedule_sampler {self.schedule_sampler!r}; choose one of "
+                            f"{', '.join(SCHEDULE_SAMPLERS)}")
         for name in ("batch_size", "learning_steps", "save_interval", "log_interval", "hidden_dim", "hidden_t_dim",
                      "seq_len", "vocab_size", "max_bad_steps"):
             if getattr(self, name) < 1:

@@ -3,6 +3,9 @@
 * ``sqrt`` (Diffusion-LM / DiffuSeq): alpha_bar(s) = 1 - sqrt(s + 1e-4).
 * ``linear`` (DDPM, rescaled to T as in improved-DDPM).
 * ``cosine`` (improved-DDPM): alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2.
+* DiffuSeq's truncated variants: ``trunc_cos`` (cos((s + 0.1) / 1.1 * pi / 2) ** 2, its first beta
+  1 - alpha_bar(0)), ``trunc_lin`` (``linear`` + 0.01) and ``pw_lin`` (10 steps from
+  ``trunc_lin``'s start down to ``linear``'s, then ``linear``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import numpy as np
 
 from .errors import UserError
 
-NOISE_SCHEDULES = ("sqrt", "linear", "cosine")
+NOISE_SCHEDULES = ("sqrt", "linear", "cosine", "trunc_cos", "trunc_lin", "pw_lin")
 MAX_BETA = 0.999
 
 
@@ -41,4 +44,18 @@ def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
         return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
     if name == "cosine":
         return betas_for_alpha_bar(num_steps, lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2)
+    scale = 1000 / num_steps
+    if name == "trunc_cos":
+        def alpha_bar(s: float) -> float:
+            return float(np.cos((s + 0.1) / 1.1 * np.pi / 2) ** 2)
+
+        first = min(1 - alpha_bar(0), MAX_BETA)
+        return np.append(first, betas_for_alpha_bar(num_steps, alpha_bar)[:-1])
+    if name == "trunc_lin":
+        return np.linspace(scale * 0.0001 + 0.01, scale * 0.02 + 0.01, num_steps, dtype=np.float64)
+    if name == "pw_lin":
+        if num_steps <= 10:
+            raise UserError(f"the pw_lin schedule needs more than 10 diffusion steps, got {num_steps}")
+        return np.concatenate([np.linspace(scale * 0.0001 + 0.01, scale * 0.0001, 10, dtype=np.float64),
+                               np.linspace(scale * 0.0001, scale * 0.02, num_steps - 10, dtype=np.float64)])
     raise UserError(f"unknown noise schedule {name!r}; choose one of {', '.join(NOISE_SCHEDULES)}")

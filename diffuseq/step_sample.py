@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from .errors import UserError
 
-SCHEDULE_SAMPLERS = ("uniform", "lossaware")
+SCHEDULE_SAMPLERS = ("uniform", "lossaware", "fixstep")
 
 
 class ScheduleSampler:
@@ -30,7 +30,7 @@ class ScheduleSampler:
         p = self.weights()
         p = p / p.sum()
         t = torch.multinomial(p, batch_size, replacement=True, generator=generator)
-        weights = 1.0 / (self.num_timesteps * p[t])
+        weights = 1.0 / (len(p) * p[t])
         return t.to(device), weights.float().to(device)
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
@@ -45,6 +45,15 @@ class ScheduleSampler:
 
 class UniformSampler(ScheduleSampler):
     """Every timestep equally likely."""
+
+
+class FixSampler(ScheduleSampler):
+    """DiffuSeq's ``fixstep``: weight 1 on the first half of the timesteps, 0.5 on the second half."""
+
+    def weights(self) -> torch.Tensor:
+        half = self.num_timesteps // 2
+        return torch.cat([torch.ones(half, dtype=torch.float64),
+                          torch.full((half,), 0.5, dtype=torch.float64)])
 
 
 class LossSecondMomentSampler(ScheduleSampler):
@@ -108,4 +117,6 @@ def create_named_schedule_sampler(name: str, num_timesteps: int) -> ScheduleSamp
         return UniformSampler(num_timesteps)
     if name in ("lossaware", "loss-second-moment"):
         return LossSecondMomentSampler(num_timesteps)
+    if name == "fixstep":
+        return FixSampler(num_timesteps)
     raise UserError(f"unknown --schedule_sampler {name!r}; choose one of {', '.join(SCHEDULE_SAMPLERS)}")

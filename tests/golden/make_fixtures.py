@@ -192,7 +192,7 @@ def toy_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def schedules(bg: SimpleNamespace) -> dict:
     out = {}
-    for name in ("sqrt", "linear", "cosine"):
+    for name in ("sqrt", "linear", "cosine", "trunc_cos", "trunc_lin", "pw_lin"):
         for steps in (100, 1000, 2000):
             out[f"{name}_{steps}"] = torch.from_numpy(bg.gd.get_named_beta_schedule(name, steps))
     return out
@@ -245,7 +245,9 @@ def lossaware(ds: SimpleNamespace) -> dict:
         sampler.update_with_all_losses(ts, losses)
         updates.append((ts, losses))
         weights.append(torch.from_numpy(sampler.weights().copy()))
-    return {"updates": updates, "weights": weights}
+    fixstep = {str(steps): torch.from_numpy(np.asarray(ds.step_sample.FixSampler(spaced(ds, steps, range(steps)))
+                                                       .weights(), dtype=np.float64)) for steps in (100, 101)}
+    return {"updates": updates, "weights": weights, "fixstep": fixstep}
 
 
 def denoiser_forward(ds: SimpleNamespace, config_dir: str) -> dict:
