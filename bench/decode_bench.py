@@ -27,27 +27,8 @@ from diffuseq.runtime import keep_freed_memory
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--respacing", default="adp_20")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--ffn", type=int, default=1024)
-    parser.add_argument("--seq_len", type=int, default=64)
-    parser.add_argument("--hidden_dim", type=int, default=128)
-    parser.add_argument("--vocab_size", type=int, default=8000)
-    parser.add_argument("--diff_steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--source_len", type=int, default=None,
-                        help="source positions at the start of each sequence (default: half of seq_len)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
-    parser.add_argument("--no_clamp", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="timed decodes of the batch (median reported)")
-    args = parser.parse_args()
-    keep_freed_memory()
-    torch.set_num_threads(args.threads)
+def time_decode(args: argparse.Namespace) -> dict[str, float]:
+    """Decode one batch ``args.repeats`` times after a warm-up decode; the median run's timings."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = TransformerNetModel(args.vocab_size, args.hidden_dim, args.hidden_dim, 0.1,
@@ -73,16 +54,46 @@ def main() -> None:
             if repeat:  # the first decode warms up
                 runs.append((total, timings))
     total, timings = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
-    steps = sampler.num_steps
+    return {"total": total, "steps": sampler.num_steps, "source_len": source_len, "network": timings["network"],
+            "clamp": timings.get("clamp", 0.0), "peak_mb": peak_memory_mb(device), "device": str(device)}
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--respacing", default="adp_20")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--ffn", type=int, default=1024)
+    parser.add_argument("--seq_len", type=int, default=64)
+    parser.add_argument("--hidden_dim", type=int, default=128)
+    parser.add_argument("--vocab_size", type=int, default=8000)
+    parser.add_argument("--diff_steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--source_len", type=int, default=None,
+                        help="source positions at the start of each sequence (default: half of seq_len)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--no_clamp", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed decodes of the batch (median reported)")
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    r = time_decode(args)
+    steps, total = r["steps"], r["total"]
     print(f"config: {args.layers} layers / {args.hidden} / {args.heads} heads / {args.ffn}, seq_len {args.seq_len}, "
           f"hidden_dim {args.hidden_dim}, T {args.diff_steps}, vocab {args.vocab_size}, batch {args.batch}, "
-          f"{source_len} source positions, "
+          f"{r['source_len']} source positions, "
           f"respacing {args.respacing or 'all'} ({steps} steps), clamp {'off' if args.no_clamp else 'every step'}, "
-          f"{args.dtype}, {args.threads} thread(s), {device}")
-    print(f"per denoising step: {1000 * total / steps:.1f} ms (network {1000 * timings['network'] / steps:.1f} ms, "
-          f"clamping {1000 * timings.get('clamp', 0.0) / steps:.1f} ms)")
+          f"{args.dtype}, {args.threads} thread(s), {r['device']}")
+    print(f"per denoising step: {1000 * total / steps:.1f} ms (network {1000 * r['network'] / steps:.1f} ms, "
+          f"clamping {1000 * r['clamp'] / steps:.1f} ms)")
     print(f"whole decode of the batch: {total:.2f} s, {args.batch / total:.1f} examples/s, "
-          f"peak memory {peak_memory_mb(device):.0f} MB")
+          f"peak memory {r['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

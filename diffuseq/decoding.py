@@ -155,10 +155,13 @@ def blocked_argmin(scores: torch.Tensor, block: int = ARGMIN_BLOCK) -> torch.Ten
 class NearestEmbedding:
     """Replace vectors by their nearest vocabulary embedding (L2), without a [V x N x d] tensor.
 
-    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): one matmul and an
-    argmin. The vocabulary is padded to a multiple of ``ARGMIN_BLOCK`` with
-    entries at infinite distance, which are never chosen.
+    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): a matmul and an
+    argmin, ``ROWS`` vectors at a time so that their scores stay in the cache between
+    the matmul and the two passes of the argmin. The vocabulary is padded to a
+    multiple of ``ARGMIN_BLOCK`` with entries at infinite distance, never chosen.
     """
+
+    ROWS = 128
 
     def __init__(self, embeddings: torch.Tensor) -> None:
         self.embeddings = embeddings
@@ -174,7 +177,13 @@ class NearestEmbedding:
     def nearest_ids(self, x: torch.Tensor) -> torch.Tensor:
         """Ids of the nearest embeddings of the vectors in ``x`` [..., d] (shape [...])."""
         flat = x.reshape(-1, x.size(-1)).to(self.embeddings.dtype)
-        return blocked_argmin(torch.addmm(self.sq_norms, flat, self.scaled_t)).view(x.shape[:-1])
+        ids = torch.empty(flat.size(0), dtype=torch.long, device=flat.device)
+        scores = flat.new_empty(min(self.ROWS, flat.size(0)), self.scaled_t.size(1))
+        for start in range(0, flat.size(0), self.ROWS):
+            rows = flat[start:start + self.ROWS]
+            block = torch.mm(rows, self.scaled_t, out=scores[:rows.size(0)]).add_(self.sq_norms)
+            ids[start:start + rows.size(0)] = blocked_argmin(block)
+        return ids.view(x.shape[:-1])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.embeddings[self.nearest_ids(x)].to(x.dtype)

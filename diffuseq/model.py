@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .kernels import packed_linear
 
 MAX_POSITIONS = 512
 LAYER_NORM_EPS = 1e-12
@@ -92,9 +93,9 @@ class BertSelfAttention(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b, n, d = h.shape
         # the three projections as one matmul; q, k, v are [b, heads, n, d / heads] views of its result
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
-        q, k, v = F.linear(h, weight, bias).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = packed_linear(self, h, (self.query.weight, self.key.weight, self.value.weight, self.query.bias,
+                                      self.key.bias, self.value.bias))
+        q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if self.training and self.dropout_p > 0 and h.device.type == "cpu":
             out = attention_with_dropout(q, k, v, self.dropout_p)
         else:
@@ -108,39 +109,13 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p:
     What ``scaled_dot_product_attention`` computes on a CPU with dropout (its
     fused CPU kernel has none, so it falls back to the math backend), without
     that backend's overheads: its float32 upcast of bf16 inputs and its guard
-    against fully masked rows, and with the faster :func:`dropout`.
+    against fully masked rows.
     """
     b, heads, n, d = q.shape
     q, k, v = (x.reshape(b * heads, n, d) for x in (q, k, v))
     scores = torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5)
-    probs = dropout(torch.softmax(scores, dim=-1), p)
+    probs = F.dropout(torch.softmax(scores, dim=-1), p)
     return torch.bmm(probs, v).view(b, heads, n, d)
-
-
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Inverted dropout: zero each element with probability ``p``, scale the others by 1 / (1 - p).
-
-    On a CPU the keep mask comes from 32-bit random integers, two per 64-bit
-    draw of the default generator, compared with ``round(p * 2**32)``: half the
-    time of ``F.dropout``, whose Bernoulli sampling costs a generator call per
-    element, and a 1-byte mask kept for backward instead of a float one.
-    Elsewhere (and for ``p >= 1``) it is ``F.dropout``.
-    """
-    if not training or p == 0:
-        return x
-    if x.device.type != "cpu" or p >= 1:
-        return F.dropout(x, p, training)
-    n = x.numel()
-    bits = torch.randint(-2**63, 2**63 - 1, ((n + 1) // 2,), dtype=torch.int64).view(torch.int32)[:n]
-    keep = bits.view(x.shape) >= -2**31 + round(p * 2**32)
-    return x * keep * (1.0 / (1.0 - p))
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` computed by :func:`dropout`."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
 
 
 class BertSelfOutput(nn.Module):
@@ -150,10 +125,11 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+        projected = packed_linear(self.dense, h, (self.dense.weight, self.dense.bias))
+        return self.LayerNorm(self.dropout(projected) + residual)
 
 
 class BertAttention(nn.Module):
@@ -176,7 +152,7 @@ class BertIntermediate(nn.Module):
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(h))
+        return packed_linear(self.dense, h, (self.dense.weight, self.dense.bias), activation="gelu")
 
 
 class BertLayer(nn.Module):
@@ -227,7 +203,7 @@ class TransformerNetModel(nn.Module):
         self.register_buffer("position_ids", torch.arange(cfg.max_positions).expand((1, -1)))
         self.position_embeddings = nn.Embedding(cfg.max_positions, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         if hidden_dim != hidden:
             self.output_down_proj = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, hidden_dim))
 
