@@ -20,13 +20,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from diffuseq import checkpoint as ckpt  # noqa: E402
 from diffuseq import dist_util  # noqa: E402
 from diffuseq.config import CliArgumentParser, _str2bool  # noqa: E402
 from diffuseq.data import load_split  # noqa: E402
-from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, check_step_flag,  # noqa: E402
-                               decode_to_files, load_checkpoint, output_name, samples_dir)
+from diffuseq.decoding import (  # noqa: E402
+    DiffusionSampler,
+    NearestEmbedding,
+    SamplerConfig,
+    check_step_flag,
+    decode_to_files,
+    output_name,
+    samples_dir,
+)
 from diffuseq.errors import UserError, run_cli  # noqa: E402
+from diffuseq.model import checkpoints as ckpt  # noqa: E402
+from diffuseq.model.checkpoints import load_checkpoint  # noqa: E402
 from diffuseq.runtime import start_command  # noqa: E402
 
 logger = logging.getLogger("sample_seq2seq")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .diffusion.schedules import NOISE_SCHEDULES
 from .errors import UserError
 from .model import EncoderConfig
-from .schedules import NOISE_SCHEDULES
 from .step_sample import SCHEDULE_SAMPLERS
 
 BERT_BASE_NAMES = ("bert-base-uncased", "bert-base-cased", "bert-base")

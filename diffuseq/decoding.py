@@ -27,15 +27,12 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
 from . import dist_util, outputs
-from .config import TrainConfig
 from .data import Seq2SeqData
+from .data.vocab import Vocabulary
+from .diffusion.process import GaussianDiffusion
+from .diffusion.respace import respaced_diffusion, space_timesteps
 from .errors import UserError
-from .gaussian_diffusion import GaussianDiffusion
-from .respace import respaced_diffusion, space_timesteps
-from .train_loop import create_model, load_model_weights
-from .vocab import Vocabulary, load_vocab_from
 
 logger = logging.getLogger(__name__)
 
@@ -270,34 +267,6 @@ def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str, 
     logger.info("--step %d < T = %d: DDIM (eta %g) over %d evenly spaced steps ending at t = 0, as DiffuSeq "
                 "(whose own stride loop never reaches t = 0)", step, num_train_timesteps, eta, step)
     return str(step), eta
-
-
-def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig, Vocabulary, nn.Module]:
-    """The training config, vocabulary and model of a checkpoint file (ours or DiffuSeq's)."""
-    ckpt.parse_step(model_path)
-    if not model_path.is_file():
-        raise UserError(f"--model_path {model_path} does not exist")
-    folder = model_path.parent
-    cfg = TrainConfig.load(folder / "training_args.json")
-    if any((folder / name).is_file() for name in ("vocab.txt", "vocab.json")):
-        vocab = load_vocab_from(folder)
-    elif cfg.vocab not in ("bert", "train") and Path(cfg.vocab).exists():
-        vocab = load_vocab_from(Path(cfg.vocab))
-    else:
-        raise UserError(f"{folder} holds no vocabulary (vocab.txt or vocab.json) and the training one "
-                        f"({cfg.vocab!r}) is not available")
-    if cfg.vocab_size and cfg.vocab_size != vocab.size:
-        raise UserError(f"the vocabulary in {folder} has {vocab.size} entries but training_args.json says "
-                        f"vocab_size {cfg.vocab_size}")
-    model = create_model(cfg, vocab.size, cfg.encoder_config(folder))
-    state = ckpt.safe_load(model_path)
-    if isinstance(state, dict) and "word_embedding.weight" in state \
-            and state["word_embedding.weight"].shape[0] != vocab.size:
-        raise UserError(f"the vocabulary ({vocab.size} entries) does not match the checkpoint "
-                        f"({state['word_embedding.weight'].shape[0]} embeddings)")
-    load_model_weights(model, state, model_path)
-    model.to(device).eval().requires_grad_(False)
-    return cfg, vocab, model
 
 
 def decode_text(vocab: Vocabulary, ids: list[int]) -> str:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .diffusion.process import GaussianDiffusion
 from .errors import UserError
-from .gaussian_diffusion import GaussianDiffusion
 from .neighbours import NeighbourSampler
 
 PENALTIES = ("l2", "l2_noise", "l2_noise_random", "cosine", "kl")

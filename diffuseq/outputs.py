@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from .fileio import atomic_write_text
 from .errors import UserError
+from .fileio import atomic_write_text
 
 META_SUFFIX = ".meta.json"
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import read_jsonl_pairs, split_path
 from .errors import UserError
+from .model import checkpoints as ckpt
 
 logger = logging.getLogger(__name__)
 

@@ -24,46 +24,22 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint as ckpt
 from . import dist_util
 from .config import TrainConfig
 from .data import BatchStream, load_split, read_jsonl_pairs, split_path
+from .data.vocab import Vocabulary, WordPieceVocab, build_vocab, load_vocab_from, train_wordpiece
+from .diffusion.process import GaussianDiffusion
 from .errors import UserError
-from .gaussian_diffusion import GaussianDiffusion
 from .losses import DistancePenalty, diffuseq_losses, distance_penalty_losses
-from .model import EncoderConfig, TransformerNetModel
-from .plm_init import bert_weights_folder, load_bert_weights
-from .step_sample import ScheduleSampler, create_named_schedule_sampler
+from .model import EncoderConfig
+from .model import checkpoints as ckpt
+from .model.checkpoints import create_model, load_model_weights
+from .model.plm_init import bert_weights_folder, load_bert_weights
 from .run_setup import RunPlan, plan_run
-from .vocab import Vocabulary, WordPieceVocab, build_vocab, load_vocab_from, train_wordpiece
+from .step_sample import ScheduleSampler, create_named_schedule_sampler
 
 logger = logging.getLogger(__name__)
 VALID_EXAMPLES = 256
-
-
-def create_model(cfg: TrainConfig, vocab_size: int, encoder: EncoderConfig | None = None) -> TransformerNetModel:
-    """The denoiser described by ``cfg`` (with ``encoder``, else ``cfg``'s encoder size)."""
-    return TransformerNetModel(vocab_size, hidden_dim=cfg.hidden_dim, hidden_t_dim=cfg.hidden_t_dim,
-                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config())
-
-
-def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load a DiffuSeq-layout state dict, with one clear message on any key or shape mismatch."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{source} is not a model state dict")
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and k != "position_ids"]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise UserError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    if wrong:
-        hint = ""
-        if wrong[0].startswith("word_embedding"):
-            hint = " (vocabulary size or --hidden_dim differ)"
-        raise UserError(f"{source} does not fit this model{hint}: {wrong[0]}")
-    model.load_state_dict(state, strict=False)
 
 
 def _rng_state() -> dict[str, Any]:

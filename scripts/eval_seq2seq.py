@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from diffuseq import metrics  # noqa: E402
-from diffuseq.fileio import atomic_write_text  # noqa: E402
 from diffuseq.errors import UserError, run_cli  # noqa: E402
+from diffuseq.fileio import atomic_write_text  # noqa: E402
 from diffuseq.outputs import check_outputs  # noqa: E402
 
 logger = logging.getLogger("eval_seq2seq")

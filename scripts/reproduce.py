@@ -25,12 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from diffuseq import checkpoint as ckpt  # noqa: E402
 from diffuseq.data import load_split  # noqa: E402
-from diffuseq.decoding import (DiffusionSampler, NearestEmbedding, SamplerConfig, decode_to_files,  # noqa: E402
-                               load_checkpoint, output_name)
-from diffuseq.fileio import atomic_write_text  # noqa: E402
+from diffuseq.decoding import DiffusionSampler, NearestEmbedding, SamplerConfig, decode_to_files, output_name  # noqa: E402
 from diffuseq.errors import UserError, run_cli  # noqa: E402
+from diffuseq.fileio import atomic_write_text  # noqa: E402
+from diffuseq.model import checkpoints as ckpt  # noqa: E402
+from diffuseq.model.checkpoints import load_checkpoint  # noqa: E402
 from diffuseq.report import Row, add_speedups, format_table, load_row  # noqa: E402
 
 logger = logging.getLogger("reproduce")

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from helpers import assert_clean_error, make_toy_dataset, run_script, tiny_args
 
 from diffuseq.config import parse_train_args
 from diffuseq.train_loop import train
-from helpers import assert_clean_error, make_toy_dataset, run_script, tiny_args
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

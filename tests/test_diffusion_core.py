@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import HalfModel
 
+from diffuseq.diffusion.process import GaussianDiffusion
+from diffuseq.diffusion.schedules import get_named_beta_schedule
 from diffuseq.errors import UserError
-from diffuseq.gaussian_diffusion import GaussianDiffusion
 from diffuseq.losses import diffuseq_losses
 from diffuseq.model import EncoderConfig, TransformerNetModel, timestep_embedding
-from diffuseq.schedules import get_named_beta_schedule
 from diffuseq.step_sample import LossSecondMomentSampler, UniformSampler, create_named_schedule_sampler
-from helpers import HalfModel
 
 
 @pytest.mark.parametrize("T", [10, 200, 2000])

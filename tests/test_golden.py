@@ -14,22 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_pairs
 
-from diffuseq import checkpoint as ckpt
 from diffuseq.config import parse_train_args
 from diffuseq.data import encode_pairs
+from diffuseq.data.vocab import WordPieceVocab, WordVocab
 from diffuseq.decoding import DiffusionSampler, NearestEmbedding, SamplerConfig, decode_text, denoise
+from diffuseq.diffusion.process import GaussianDiffusion
+from diffuseq.diffusion.respace import space_timesteps
+from diffuseq.diffusion.schedules import get_named_beta_schedule
 from diffuseq.errors import UserError
-from diffuseq.gaussian_diffusion import GaussianDiffusion
 from diffuseq.losses import DistancePenalty, LossDraws, diffuseq_losses, distance_penalty_losses
 from diffuseq.model import EncoderConfig, TransformerNetModel
+from diffuseq.model import checkpoints as ckpt
 from diffuseq.neighbours import noise_windows
-from diffuseq.respace import space_timesteps
-from diffuseq.schedules import get_named_beta_schedule
 from diffuseq.step_sample import LossSecondMomentSampler, create_named_schedule_sampler
 from diffuseq.train_loop import Trainer
-from diffuseq.vocab import WordPieceVocab, WordVocab
-from helpers import write_pairs
 
 FIXTURES = Path(__file__).parent / "golden" / "fixtures"
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import random
 
+import metric_oracles as O
 import numpy as np
 import pytest
 
 from diffuseq import metrics as M
+from diffuseq.errors import UserError
 
 X = (0.75 * (2 / 3) * 0.5 * (math.log(4) / 10)) ** 0.25  # BLEU("a b c d" | ref "a b c e"), by hand
 
@@ -109,27 +111,27 @@ def test_rouge_l_rouge_score_parity():
 # ------------------------------------------------------------------------------- dist-1, div-4, self-BLEU
 
 def test_dist1_and_length():
-    assert M.dist_n("a a b", 1) == pytest.approx(2 / 3)
-    assert M.dist_n("a b c", 1) == 1.0
-    assert M.dist_n("", 1) == 0
-    assert M.dist_n(" a  a ", 1) == 0.5
+    assert O.dist_n("a a b", 1) == pytest.approx(2 / 3)
+    assert O.dist_n("a b c", 1) == 1.0
+    assert O.dist_n("", 1) == 0
+    assert O.dist_n(" a  a ", 1) == 0.5
 
 
 def test_div4_by_hand():
     # 4-grams: abcd, bcde | abcd, bcdf -> 3 distinct of 4
-    assert M.div_n(["a b c d e", "a b c d f"], 4) == 0.75
-    assert M.div_n(["a b c", "a b c d"], 4) == 1.0
-    assert M.div_n(["a b", "c"], 4) == 0
+    assert O.div_n(["a b c d e", "a b c d f"], 4) == 0.75
+    assert O.div_n(["a b c", "a b c d"], 4) == 1.0
+    assert O.div_n(["a b", "c"], 4) == 0
 
 
 def test_self_bleu_by_hand():
     # pairs (0,1) = 1, (0,2) = (1,2) = X
-    assert M.self_bleu(["a b c d", "a b c d", "a b c e"]) == pytest.approx((1 + 2 * X) / 3, rel=1e-12)
+    assert O.self_bleu(["a b c d", "a b c d", "a b c e"]) == pytest.approx((1 + 2 * X) / 3, rel=1e-12)
     # DiffuSeq scores pair i < j as BLEU(hyp=c_i, ref=c_j): the order matters
     short_first = math.exp(-1) * ((math.log(2) / 10) * (math.log(2) / 20)) ** 0.25
-    assert M.self_bleu(["a b", "a b c d"]) == pytest.approx(short_first, rel=1e-12)
-    assert M.self_bleu(["a b c d", "a b"]) == pytest.approx(M.sentence_bleu("a b c d", "a b"), rel=1e-12)
-    assert M.self_bleu(["only one"]) == 0.0
+    assert O.self_bleu(["a b", "a b c d"]) == pytest.approx(short_first, rel=1e-12)
+    assert O.self_bleu(["a b c d", "a b"]) == pytest.approx(M.sentence_bleu("a b c d", "a b"), rel=1e-12)
+    assert O.self_bleu(["only one"]) == 0.0
 
 
 def test_mbr_choice_by_hand():
@@ -137,10 +139,10 @@ def test_mbr_choice_by_hand():
     cands = ["x y z", "a b c d", "a b c d e"]
     assert M.sentence_bleu(cands[1], cands[2]) == pytest.approx(math.exp(-0.25))
     assert M.sentence_bleu(cands[2], cands[1]) == pytest.approx(0.2 ** 0.25)
-    assert M.mbr_select(cands) == 1
-    assert M.mbr_select(["q", "a b", "a b"]) == 1  # tie: the first
-    assert M.mbr_select(["a b", "a b", "c"]) == 0
-    assert M.mbr_select(["solo"]) == 0
+    assert O.mbr_select(cands) == 1
+    assert O.mbr_select(["q", "a b", "a b"]) == 1  # tie: the first
+    assert O.mbr_select(["a b", "a b", "c"]) == 0
+    assert O.mbr_select(["solo"]) == 0
 
 
 def test_self_bleu_and_mbr_match_nltk_diffuseq_loop():
@@ -154,9 +156,9 @@ def test_self_bleu_and_mbr_match_nltk_diffuseq_loop():
         mat = [[sentence_bleu([b.split()], a.split(), smoothing_function=smooth) for b in cands] for a in cands]
         for i in range(len(cands)):
             mat[i][i] = 0
-        assert M.mbr_select(cands) == int(np.argmax(np.sum(mat, -1)))
+        assert O.mbr_select(cands) == int(np.argmax(np.sum(mat, -1)))
         pairs = [mat[i][j] for i in range(len(cands)) for j in range(i + 1, len(cands))]
-        assert M.self_bleu(cands) == pytest.approx(float(np.mean(pairs)) if pairs else 0.0, abs=1e-12)
+        assert O.self_bleu(cands) == pytest.approx(float(np.mean(pairs)) if pairs else 0.0, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ evaluate()
@@ -176,10 +178,10 @@ def test_evaluate_matches_single_metrics():
         s = ev.file_summary(f)
         assert s.bleu == pytest.approx(np.mean([M.sentence_bleu(h, r) for h, r in zip(recs[f], refs[f])]))
         assert s.rougeL == pytest.approx(np.mean([M.rouge_l(h, r) for h, r in zip(recs[f], refs[f])]))
-        assert s.dist1 == pytest.approx(np.mean([M.dist_n(h, 1) for h in recs[f]]))
+        assert s.dist1 == pytest.approx(np.mean([O.dist_n(h, 1) for h in recs[f]]))
         assert s.avg_len == pytest.approx(np.mean([len(h.split()) for h in recs[f]]))
         assert s.n == 20
-    choice = [M.mbr_select([recs[f][i] for f in range(3)]) for i in range(20)]
+    choice = [O.mbr_select([recs[f][i] for f in range(3)]) for i in range(20)]
     assert ev.mbr_choice.tolist() == choice
     chosen = [recs[c][i] for i, c in enumerate(choice)]
     mbr = ev.mbr_summary()
@@ -187,8 +189,8 @@ def test_evaluate_matches_single_metrics():
     assert ev.diversity_summary() is None
     ev_div = M.evaluate(recs, refs, diversity=True, workers=1, progress=False)
     div = ev_div.diversity_summary()
-    assert div["self_bleu"] == pytest.approx(np.mean([M.self_bleu([recs[f][i] for f in range(3)]) for i in range(20)]))
-    assert div["div4"] == pytest.approx(np.mean([M.div_n([recs[f][i] for f in range(3)], 4) for i in range(20)]))
+    assert div["self_bleu"] == pytest.approx(np.mean([O.self_bleu([recs[f][i] for f in range(3)]) for i in range(20)]))
+    assert div["div4"] == pytest.approx(np.mean([O.div_n([recs[f][i] for f in range(3)], 4) for i in range(20)]))
     assert ev_div.mbr_summary() is None
 
 
@@ -219,8 +221,8 @@ def test_bertscore_needs_package_or_model(tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("bert_score") is None:
-        with pytest.raises(M.UserError, match="pip install bert-score"):
+        with pytest.raises(UserError, match="pip install bert-score"):
             M.check_bertscore(str(tmp_path))
     else:  # pragma: no cover - only where bert_score is installed
-        with pytest.raises(M.UserError, match="no such local model folder"):
+        with pytest.raises(UserError, match="no such local model folder"):
             M.check_bertscore(str(tmp_path / "missing"))

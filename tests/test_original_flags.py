@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from helpers import WORDS, make_toy_dataset, tiny_args
 
-from diffuseq import checkpoint as ckpt
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
+from diffuseq.model import checkpoints as ckpt
 from diffuseq.train_loop import train
-from helpers import WORDS, make_toy_dataset, tiny_args
 
 
 @pytest.fixture(scope="module")

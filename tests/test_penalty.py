@@ -8,14 +8,14 @@ import re
 import numpy as np
 import pytest
 import torch
+from helpers import HalfModel, make_toy_dataset, run_script, tiny_args
 
 from diffuseq.config import parse_train_args
+from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.errors import UserError
-from diffuseq.gaussian_diffusion import GaussianDiffusion
 from diffuseq.losses import DistancePenalty, distance_penalty_losses, predict_pair
 from diffuseq.model import EncoderConfig, TransformerNetModel
 from diffuseq.train_loop import train
-from helpers import HalfModel, make_toy_dataset, run_script, tiny_args
 
 
 def test_bad_penalty_settings():

@@ -11,12 +11,12 @@ import time
 
 import pytest
 import torch
+from helpers import ROOT, make_toy_dataset, run_script, tiny_args
 
-from diffuseq import checkpoint as ckpt
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
+from diffuseq.model import checkpoints as ckpt
 from diffuseq.train_loop import train
-from helpers import ROOT, make_toy_dataset, run_script, tiny_args
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from diffuseq.diffusion.respace import space_timesteps
 from diffuseq.errors import UserError
-from diffuseq.respace import space_timesteps
 
 SPEC_VECTORS_T2000 = {
     "adp_4": {0, 667, 1334, 1999},

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from diffuseq.decoding import NearestEmbedding, check_step_flag
+from diffuseq.diffusion.process import GaussianDiffusion
+from diffuseq.diffusion.respace import respaced_diffusion, space_timesteps
 from diffuseq.errors import UserError
-from diffuseq.gaussian_diffusion import GaussianDiffusion
-from diffuseq.respace import respaced_diffusion, space_timesteps
+
 
 def test_respaced_process_with_all_steps_equals_the_base_process():
     base = GaussianDiffusion.from_schedule("sqrt", 200)

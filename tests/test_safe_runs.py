@@ -15,12 +15,12 @@ import time
 
 import pytest
 import torch
+from helpers import ROOT, assert_clean_error, make_toy_dataset, run_script, tiny_args, write_pairs
 
-from diffuseq import checkpoint as ckpt
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
+from diffuseq.model import checkpoints as ckpt
 from diffuseq.train_loop import train
-from helpers import ROOT, assert_clean_error, make_toy_dataset, run_script, tiny_args, write_pairs
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import ROOT
 from torch import nn
 
 from diffuseq import losses
-from diffuseq.losses import token_cross_entropy
 from diffuseq.decoding import blocked_argmin
+from diffuseq.losses import token_cross_entropy
 from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout
-from helpers import ROOT
 
 
 def _reference_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, ids: torch.Tensor,

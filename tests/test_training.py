@@ -8,13 +8,13 @@ import sys
 
 import pytest
 import torch
-
-from diffuseq import checkpoint as ckpt
-from diffuseq.config import parse_train_args
-from diffuseq.errors import UserError
-from diffuseq.train_loop import Trainer, train
-from diffuseq.vocab import load_vocab_from
 from helpers import assert_clean_error, make_toy_dataset, run_script, tiny_args, write_pairs
+
+from diffuseq.config import parse_train_args
+from diffuseq.data.vocab import load_vocab_from
+from diffuseq.errors import UserError
+from diffuseq.model import checkpoints as ckpt
+from diffuseq.train_loop import train
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
-from .errors import UserError
+from ..errors import UserError
+from . import checkpoints as ckpt
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _EMBEDDINGS = {"word_embeddings.weight": "word_embedding.weight",

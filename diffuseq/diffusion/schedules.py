@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 NOISE_SCHEDULES = ("sqrt", "linear", "cosine", "trunc_cos", "trunc_lin", "pw_lin")
 MAX_BETA = 0.999

@@ -21,8 +21,8 @@ import re
 
 import numpy as np
 
-from .errors import UserError
-from .gaussian_diffusion import GaussianDiffusion
+from ..errors import UserError
+from .process import GaussianDiffusion
 
 # Bridge-Gap's values to full precision: rounded to 4 decimals they pick other steps for some N (adp_125)
 ADP_PROPORTIONS = (0.08400242284240157, 0.36759523570876984, 0.5484023414488285)

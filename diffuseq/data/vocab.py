@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .errors import UserError
-from .fileio import atomic_write, atomic_write_text  # noqa: F401 (atomic_write_text: part of this module's API)
+from ..config import TrainConfig
+from ..data.vocab import Vocabulary, load_vocab_from
+from ..errors import UserError
+from ..fileio import atomic_write, atomic_write_text  # noqa: F401 (atomic_write_text: part of this module's API)
+from .denoiser import TransformerNetModel
+from .encoder import EncoderConfig
 
 _STEP_RE = re.compile(r"^(?:model|opt|trainstate|ema_[0-9.]+_)(\d{6,})\.pt$")
 
@@ -129,3 +134,59 @@ def latest_checkpoint(folder: Path) -> Path | None:
     """``modelK.pt`` of the newest complete checkpoint in ``folder``, or None."""
     steps = complete_steps(folder)
     return Path(folder) / model_name(steps[0]) if steps else None
+
+
+# -- building and loading the denoiser --------------------------------------------------------------
+
+
+def create_model(cfg: TrainConfig, vocab_size: int, encoder: EncoderConfig | None = None) -> TransformerNetModel:
+    """The denoiser described by ``cfg`` (with ``encoder``, else ``cfg``'s encoder size)."""
+    return TransformerNetModel(vocab_size, hidden_dim=cfg.hidden_dim, hidden_t_dim=cfg.hidden_t_dim,
+                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config())
+
+
+def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a DiffuSeq-layout state dict, with one clear message on any key or shape mismatch."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{source} is not a model state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and k != "position_ids"]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise UserError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if wrong:
+        hint = ""
+        if wrong[0].startswith("word_embedding"):
+            hint = " (vocabulary size or --hidden_dim differ)"
+        raise UserError(f"{source} does not fit this model{hint}: {wrong[0]}")
+    model.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig, Vocabulary, nn.Module]:
+    """The training config, vocabulary and model of a checkpoint file (ours or DiffuSeq's)."""
+    parse_step(model_path)
+    if not model_path.is_file():
+        raise UserError(f"--model_path {model_path} does not exist")
+    folder = model_path.parent
+    cfg = TrainConfig.load(folder / "training_args.json")
+    if any((folder / name).is_file() for name in ("vocab.txt", "vocab.json")):
+        vocab = load_vocab_from(folder)
+    elif cfg.vocab not in ("bert", "train") and Path(cfg.vocab).exists():
+        vocab = load_vocab_from(Path(cfg.vocab))
+    else:
+        raise UserError(f"{folder} holds no vocabulary (vocab.txt or vocab.json) and the training one "
+                        f"({cfg.vocab!r}) is not available")
+    if cfg.vocab_size and cfg.vocab_size != vocab.size:
+        raise UserError(f"the vocabulary in {folder} has {vocab.size} entries but training_args.json says "
+                        f"vocab_size {cfg.vocab_size}")
+    model = create_model(cfg, vocab.size, cfg.encoder_config(folder))
+    state = safe_load(model_path)
+    if isinstance(state, dict) and "word_embedding.weight" in state \
+            and state["word_embedding.weight"].shape[0] != vocab.size:
+        raise UserError(f"the vocabulary ({vocab.size} entries) does not match the checkpoint "
+                        f"({state['word_embedding.weight'].shape[0]} embeddings)")
+    load_model_weights(model, state, model_path)
+    model.to(device).eval().requires_grad_(False)
+    return cfg, vocab, model
