@@ -24,7 +24,7 @@ from diffuseq.runtime import start_command  # noqa: E402
 def main() -> int:
     rank = start_command()
     cfg = parse_train_args(sys.argv[1:])
-    from diffuseq.train_loop import train
+    from diffuseq.training.setup import train
 
     trainer = train(cfg)
     log = logging.getLogger("run_train")

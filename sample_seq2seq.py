@@ -35,7 +35,7 @@ from diffuseq.decoding import (  # noqa: E402
 from diffuseq.errors import UserError, run_cli  # noqa: E402
 from diffuseq.model import checkpoints as ckpt  # noqa: E402
 from diffuseq.model.checkpoints import load_checkpoint  # noqa: E402
-from diffuseq.runtime import start_command  # noqa: E402
+from diffuseq.runtime import keep_freed_memory_on, start_command  # noqa: E402
 
 logger = logging.getLogger("sample_seq2seq")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -93,6 +93,7 @@ def main() -> int:
     start_command()
     args = parse_args(sys.argv[1:])
     device = dist_util.setup()
+    keep_freed_memory_on(device)
     try:
         return decode(args, device)
     finally:

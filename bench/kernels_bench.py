@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from common import ROOT  # noqa: F401 (puts the repository on the path)
 
 from diffuseq.decoding import NearestEmbedding, blocked_argmin
-from diffuseq.losses import token_cross_entropy
 from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout
 from diffuseq.model.kernels import packed_linear
 from diffuseq.runtime import keep_freed_memory
+from diffuseq.training.cross_entropy import token_cross_entropy
 
 
 def timed(fn, repeats: int) -> float:

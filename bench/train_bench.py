@@ -25,7 +25,7 @@ from common import peak_memory_mb, synthetic_dataset
 from diffuseq.config import parse_train_args
 from diffuseq.data.vocab import load_vocab_from
 from diffuseq.runtime import keep_freed_memory
-from diffuseq.train_loop import Trainer
+from diffuseq.training.loop import Trainer
 
 
 def bench(args: argparse.Namespace, penalty: bool, work: Path) -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from .diffusion.schedules import NOISE_SCHEDULES
 from .errors import UserError
 from .model import EncoderConfig
-from .step_sample import SCHEDULE_SAMPLERS
+from .training.timesteps import TIMESTEP_SAMPLERS
 
 BERT_BASE_NAMES = ("bert-base-uncased", "bert-base-cased", "bert-base")
 
@@ -47,7 +47,7 @@ class TrainConfig:
     noise_schedule: str = _opt("sqrt", "noise schedule", choices=NOISE_SCHEDULES)
     schedule_sampler: str = _opt("lossaware", "timestep sampling: uniform, lossaware (importance sampling by the "
                                               "loss), fixstep (DiffuSeq's: later half at half weight)",
-                                 choices=SCHEDULE_SAMPLERS)
+                                 choices=TIMESTEP_SAMPLERS)
     # model
     hidden_dim: int = _opt(128, "word embedding size (the space diffusion runs in)")
     hidden_t_dim: int = _opt(128, "sinusoidal timestep embedding size")
@@ -127,9 +127,9 @@ class TrainConfig:
         if self.noise_schedule not in NOISE_SCHEDULES:
             raise UserError(f"unknown --noise_schedule {self.noise_schedule!r}; choose one of "
                             f"{', '.join(NOISE_SCHEDULES)}")
-        if self.schedule_sampler not in SCHEDULE_SAMPLERS:
+        if self.schedule_sampler not in TIMESTEP_SAMPLERS:
             raise UserError(f"unknown --schedule_sampler {self.schedule_sampler!r}; choose one of "
-                            f"{', '.join(SCHEDULE_SAMPLERS)}")
+                            f"{', '.join(TIMESTEP_SAMPLERS)}")
         for name in ("batch_size", "learning_steps", "save_interval", "log_interval", "hidden_dim", "hidden_t_dim",
                      "seq_len", "vocab_size", "max_bad_steps"):
             if getattr(self, name) < 1:

@@ -11,7 +11,7 @@ import torch
 from helpers import assert_clean_error, make_toy_dataset, run_script, tiny_args
 
 from diffuseq.config import parse_train_args
-from diffuseq.train_loop import train
+from diffuseq.training.setup import train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

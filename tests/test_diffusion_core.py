@@ -12,9 +12,9 @@ from helpers import HalfModel
 from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.diffusion.schedules import get_named_beta_schedule
 from diffuseq.errors import UserError
-from diffuseq.losses import diffuseq_losses
 from diffuseq.model import EncoderConfig, TransformerNetModel, timestep_embedding
-from diffuseq.step_sample import LossSecondMomentSampler, UniformSampler, create_named_schedule_sampler
+from diffuseq.training.losses import diffuseq_losses
+from diffuseq.training.timesteps import LossAwareTimesteps, UniformTimesteps, create_timestep_sampler
 
 
 @pytest.mark.parametrize("T", [10, 200, 2000])
@@ -172,13 +172,13 @@ def test_encoder_matches_huggingface_bert_encoder():
 
 
 def test_uniform_sampler_weights_are_one():
-    t, w = UniformSampler(50).sample(100, generator=torch.Generator().manual_seed(0))
+    t, w = UniformTimesteps(50).sample(100, generator=torch.Generator().manual_seed(0))
     assert t.min() >= 0 and t.max() < 50 and torch.equal(w, torch.ones(100))
 
 
 def test_lossaware_sampler_warmup_and_weights():
-    sampler = create_named_schedule_sampler("lossaware", 4)
-    assert isinstance(sampler, LossSecondMomentSampler)
+    sampler = create_timestep_sampler("lossaware", 4)
+    assert isinstance(sampler, LossAwareTimesteps)
     # not warmed up until every step has 10 losses: uniform
     sampler.record([0, 1, 2, 3] * 9, [1.0] * 36)
     assert not sampler.warmed_up() and torch.equal(sampler.weights(), torch.ones(4, dtype=torch.float64))
@@ -195,8 +195,8 @@ def test_lossaware_sampler_warmup_and_weights():
     torch.testing.assert_close(w, 1 / (4 * p[t]))
     counts = torch.bincount(t, minlength=4).double() / 1000
     assert (counts - torch.tensor(expected)).abs().max() < 0.05
-    restored = LossSecondMomentSampler(4)
+    restored = LossAwareTimesteps(4)
     restored.load_state_dict(sampler.state_dict())
     assert torch.equal(restored.weights(), sampler.weights())
     with pytest.raises(UserError, match="schedule_sampler"):
-        create_named_schedule_sampler("fancy", 4)
+        create_timestep_sampler("fancy", 4)

@@ -24,12 +24,12 @@ from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.diffusion.respace import space_timesteps
 from diffuseq.diffusion.schedules import get_named_beta_schedule
 from diffuseq.errors import UserError
-from diffuseq.losses import DistancePenalty, LossDraws, diffuseq_losses, distance_penalty_losses
 from diffuseq.model import EncoderConfig, TransformerNetModel
 from diffuseq.model import checkpoints as ckpt
-from diffuseq.neighbours import noise_windows
-from diffuseq.step_sample import LossSecondMomentSampler, create_named_schedule_sampler
-from diffuseq.train_loop import Trainer
+from diffuseq.training.loop import Trainer
+from diffuseq.training.losses import LossDraws, diffuseq_losses, distance_penalty_losses
+from diffuseq.training.penalty import DistancePenalty, noise_windows
+from diffuseq.training.timesteps import LossAwareTimesteps, create_timestep_sampler
 
 FIXTURES = Path(__file__).parent / "golden" / "fixtures"
 
@@ -110,13 +110,13 @@ def test_neighbour_windows_are_bridge_gaps_noise_maps():
 
 def test_lossaware_weights_match_diffuseq():
     fixture = load("lossaware.pt")
-    sampler = LossSecondMomentSampler(20)
+    sampler = LossAwareTimesteps(20)
     for (ts, losses), expected in zip(fixture["updates"], fixture["weights"]):
         sampler.record(ts, losses)
         torch.testing.assert_close(sampler.weights(), expected, rtol=1e-12, atol=1e-15)
     assert sampler.warmed_up()
     for steps, expected in fixture["fixstep"].items():
-        fix = create_named_schedule_sampler("fixstep", int(steps))
+        fix = create_timestep_sampler("fixstep", int(steps))
         assert torch.equal(fix.weights(), expected)
         t, w = fix.sample(1000, generator=torch.Generator().manual_seed(0))
         assert int(t.max()) < len(expected)  # DiffuSeq's odd-T fixstep never draws the last step
@@ -264,7 +264,7 @@ def test_step_neighbours_follow_bridge_gap():
         assert torch.equal(active, (t_nb != 0) & (t_nb != 1999)), name
         penalty = DistancePenalty.create(case["kind"], case["simi_lambda"], diffusion, step)
         torch.manual_seed(0)
-        ours, ours_active = penalty.neighbours.sample(t.repeat(200))
+        ours, ours_active = penalty.neighbours.draw(t.repeat(200))
         assert set(ours.tolist()) == {int(a[i]) for a in allowed for i in range(len(t))}
         assert torch.equal(ours_active, (ours != 0) & (ours != 1999))
 
@@ -277,7 +277,7 @@ def test_noise_neighbour_draws_cover_bridge_gaps_support():
         penalty = DistancePenalty.create(kind, -2.0, diffusion, 10, 0.05)
         for t in (1, 5, 300, 1000, 1900, 1990, 1999):
             torch.manual_seed(t)
-            nb, active = penalty.neighbours.sample(torch.full((50000,), t))
+            nb, active = penalty.neighbours.draw(torch.full((50000,), t))
             theirs = set()
             if t in up and up[t] != t:
                 theirs |= {up[t]} if kind == "l2_noise" else set(range(t + 1, up[t] + 1))
@@ -339,7 +339,7 @@ def test_optimizer_steps_match_the_original_training_loop(name, tmp_path, monkey
     ids, mask = run["ids"], run["mask"]
     trainer.batches = iter([(ids, mask)] * settings["steps"])
     samples = [(t, w) for record in run["records"] for t, w in zip(record["t"], record["weights"])]
-    monkeypatch.setattr(trainer.sampler, "sample", lambda batch, device, generator=None: samples.pop(0))
+    monkeypatch.setattr(trainer.timestep_sampler, "sample", lambda batch, device, generator=None: samples.pop(0))
     draws = []
     for record in run["records"]:
         per_micro = len(record["draws"]) // len(record["t"])
@@ -368,6 +368,6 @@ def test_optimizer_steps_match_the_original_training_loop(name, tmp_path, monkey
         if not key.endswith("attention.self.key.bias"):
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=2e-6, msg=key)
     if "sampler" in run:
-        assert torch.equal(trainer.sampler.loss_counts, run["sampler"]["counts"])
-        torch.testing.assert_close(trainer.sampler.loss_history, run["sampler"]["history"], rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(trainer.sampler.weights(), run["sampler"]["weights"])
+        assert torch.equal(trainer.timestep_sampler.loss_counts, run["sampler"]["counts"])
+        torch.testing.assert_close(trainer.timestep_sampler.loss_history, run["sampler"]["history"], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(trainer.timestep_sampler.weights(), run["sampler"]["weights"])

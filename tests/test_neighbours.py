@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffuseq.errors import UserError
-from diffuseq.neighbours import NeighbourSampler, noise_windows
+from diffuseq.training.penalty import NeighbourDraw, noise_windows
 
 
 def sqrt_alphas_cumprod(T: int) -> np.ndarray:
@@ -89,10 +89,10 @@ def test_non_monotone_schedule_and_bad_noise_are_user_errors():
 def test_noise_neighbours(variant, schedule, T, noise):
     abar = SCHEDULES[schedule](T)
     lo, hi, down_ok, up_ok = sides(abar, noise)
-    sampler = NeighbourSampler(variant, abar, simi_noise=noise)
+    neighbours = NeighbourDraw(variant, abar, simi_noise=noise)
     reps = 40
     t = torch.arange(T).repeat(reps)
-    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(1))
+    t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(1))
     assert t_nb.dtype == torch.int64 and active.dtype == torch.bool and t_nb.shape == active.shape == t.shape
     lo_t, hi_t = lo[t], hi[t]
     assert ((t_nb >= lo_t) & (t_nb <= hi_t)).all()
@@ -114,9 +114,9 @@ def test_noise_neighbours(variant, schedule, T, noise):
 def test_random_neighbours_cover_both_sides_uniformly():
     abar = sqrt_alphas_cumprod(2000)
     lo, hi = noise_windows(abar, 0.05)
-    sampler = NeighbourSampler("l2_noise_random", abar, simi_noise=0.05)
+    neighbours = NeighbourDraw("l2_noise_random", abar, simi_noise=0.05)
     t = torch.full((60000,), 1000)
-    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(0))
+    t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(0))
     assert active.all()
     below, above = t_nb[t_nb < 1000], t_nb[t_nb > 1000]
     assert 0.48 < len(below) / len(t) < 0.52
@@ -131,9 +131,9 @@ def test_random_neighbours_cover_both_sides_uniformly():
 
 def test_kl_teacher_is_the_step_below():
     T, step = 100, 10
-    sampler = NeighbourSampler("kl", sqrt_alphas_cumprod(T), simi_step=step)
+    neighbours = NeighbourDraw("kl", sqrt_alphas_cumprod(T), simi_step=step)
     t = torch.arange(T).repeat(3)
-    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(3))
+    t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(3))
     assert torch.equal(t_nb, (t - step).clamp(0, T - 1))
     assert torch.equal(active, t_nb > 0)
 
@@ -141,9 +141,9 @@ def test_kl_teacher_is_the_step_below():
 @pytest.mark.parametrize("variant", ["l2", "cosine"])
 def test_step_neighbours(variant):
     T, step = 100, 10
-    sampler = NeighbourSampler(variant, sqrt_alphas_cumprod(T), simi_step=step)
+    neighbours = NeighbourDraw(variant, sqrt_alphas_cumprod(T), simi_step=step)
     t = torch.arange(T).repeat(20)
-    t_nb, active = sampler.sample(t, torch.Generator().manual_seed(3))
+    t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(3))
     expected_down, expected_up = (t - step).clamp(0, T - 1), (t + step).clamp(0, T - 1)
     is_down, is_up = t_nb == expected_down, t_nb == expected_up
     assert (is_down | is_up).all()
@@ -160,14 +160,14 @@ def test_step_neighbours(variant):
 
 @pytest.mark.parametrize("variant", ["l2", "l2_noise", "l2_noise_random"])
 def test_reproducible_and_shape_preserving(variant):
-    sampler = NeighbourSampler(variant, sqrt_alphas_cumprod(500), simi_step=5, simi_noise=0.05)
+    neighbours = NeighbourDraw(variant, sqrt_alphas_cumprod(500), simi_step=5, simi_noise=0.05)
     t = torch.randint(0, 500, (8, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
-    a, act_a = sampler.sample(t, torch.Generator().manual_seed(7))
-    b, act_b = sampler.sample(t, torch.Generator().manual_seed(7))
-    c, _ = sampler.sample(t, torch.Generator().manual_seed(8))
+    a, act_a = neighbours.draw(t, torch.Generator().manual_seed(7))
+    b, act_b = neighbours.draw(t, torch.Generator().manual_seed(7))
+    c, _ = neighbours.draw(t, torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and torch.equal(act_a, act_b) and not torch.equal(a, c)
     assert a.shape == t.shape and a.dtype == torch.int64 and a.device == t.device
-    empty, empty_active = sampler.sample(torch.zeros(0, dtype=torch.long))
+    empty, empty_active = neighbours.draw(torch.zeros(0, dtype=torch.long))
     assert empty.shape == (0,) and empty_active.shape == (0,)
 
 
@@ -175,8 +175,8 @@ def test_bad_settings_are_user_errors():
     abar = sqrt_alphas_cumprod(50)
     for variant in ("l1", "", "L2", "noise"):
         with pytest.raises(UserError, match="unknown"):
-            NeighbourSampler(variant, abar)
+            NeighbourDraw(variant, abar)
     with pytest.raises(UserError, match="simi_step"):
-        NeighbourSampler("l2", abar, simi_step=0)
+        NeighbourDraw("l2", abar, simi_step=0)
     with pytest.raises(UserError, match="simi_noise"):
-        NeighbourSampler("l2_noise_random", abar, simi_noise=0.0)
+        NeighbourDraw("l2_noise_random", abar, simi_noise=0.0)

@@ -11,7 +11,7 @@ from helpers import WORDS, make_toy_dataset, tiny_args
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
 from diffuseq.model import checkpoints as ckpt
-from diffuseq.train_loop import train
+from diffuseq.training.setup import train
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,10 @@ from helpers import HalfModel, make_toy_dataset, run_script, tiny_args
 from diffuseq.config import parse_train_args
 from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.errors import UserError
-from diffuseq.losses import DistancePenalty, distance_penalty_losses, predict_pair
 from diffuseq.model import EncoderConfig, TransformerNetModel
-from diffuseq.train_loop import train
+from diffuseq.training.losses import distance_penalty_losses, predict_pair
+from diffuseq.training.penalty import DistancePenalty
+from diffuseq.training.setup import train
 
 
 def test_bad_penalty_settings():
@@ -45,7 +46,7 @@ def test_combined_loss_by_hand(variant, simi_lambda):
     torch.manual_seed(11)
     emb = model.word_embedding.weight.detach()[ids]
     x0 = emb + math.sqrt(1 - diffusion.alphas_cumprod[0]) * torch.randn(2, 3, 2)
-    t_nb, active = penalty.neighbours.sample(t)
+    t_nb, active = penalty.neighbours.draw(t)
     abar = torch.tensor(diffusion.alphas_cumprod, dtype=torch.float32)
 
     def noised(steps):

@@ -16,7 +16,7 @@ from helpers import ROOT, make_toy_dataset, run_script, tiny_args
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
 from diffuseq.model import checkpoints as ckpt
-from diffuseq.train_loop import train
+from diffuseq.training.setup import train
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_a_malicious_pickle_is_refused_without_running_it(tmp_path):
 
 
 def test_nan_losses_are_skipped_counted_and_stop_the_run(toy, tmp_path):
-    from diffuseq.train_loop import setup_run
+    from diffuseq.training.setup import setup_run
 
     folder = tmp_path / "nan"
     cfg = parse_train_args(tiny_args(toy, folder, learning_steps=30, max_bad_steps=3, save_interval=5))

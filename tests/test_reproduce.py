@@ -12,7 +12,7 @@ from helpers import ROOT, make_toy_dataset, run_script, tiny_args
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
 from diffuseq.report import Row, add_speedups, format_table
-from diffuseq.train_loop import train
+from diffuseq.training.setup import train
 
 
 def _load_script():

@@ -20,7 +20,7 @@ from helpers import ROOT, assert_clean_error, make_toy_dataset, run_script, tiny
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
 from diffuseq.model import checkpoints as ckpt
-from diffuseq.train_loop import train
+from diffuseq.training.setup import train
 
 
 @pytest.fixture(scope="module")

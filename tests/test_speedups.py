@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from helpers import ROOT
 from torch import nn
 
-from diffuseq import losses
 from diffuseq.decoding import blocked_argmin
-from diffuseq.losses import token_cross_entropy
 from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout
+from diffuseq.training import cross_entropy as losses
+from diffuseq.training.cross_entropy import token_cross_entropy
 
 
 def _reference_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, ids: torch.Tensor,

@@ -14,7 +14,7 @@ from diffuseq.config import parse_train_args
 from diffuseq.data.vocab import load_vocab_from
 from diffuseq.errors import UserError
 from diffuseq.model import checkpoints as ckpt
-from diffuseq.train_loop import train
+from diffuseq.training.setup import train
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def toy(tmp_path_factory):
 
 def _trainer(cfg, folder):
     """A Trainer built the way ``train`` builds it (vocabulary saved in the folder)."""
-    from diffuseq.train_loop import setup_run
+    from diffuseq.training.setup import setup_run
 
     return setup_run(cfg, torch.device("cpu"))
 

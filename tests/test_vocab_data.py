@@ -12,7 +12,7 @@ from diffuseq.config import parse_train_args
 from diffuseq.data import merge_and_mask
 from diffuseq.data.vocab import WordPieceVocab, WordVocab, build_vocab, learn_wordpiece, load_vocab_from
 from diffuseq.errors import UserError
-from diffuseq.train_loop import train
+from diffuseq.training.setup import train
 
 BERT_LIKE = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "##s", "."]
 

@@ -1,4 +1,4 @@
-"""Neighbour timesteps for the Distance Penalty (pure functions of the schedule).
+"""The Distance Penalty of Tang et al. (2023): the neighbour step t' of each example and the penalty.
 
 For an example at step t the penalty compares the predictions at t and at a
 neighbour t':
@@ -18,12 +18,24 @@ The windows are computed once per schedule; sampling is vectorised over the batc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .errors import UserError
+from ..diffusion.process import GaussianDiffusion
+from ..errors import UserError
 
-VARIANTS = ("l2", "cosine", "kl", "l2_noise", "l2_noise_random")
+PENALTIES = ("l2", "l2_noise", "l2_noise_random", "cosine", "kl")
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the first."""
+    return x.mean(dim=tuple(range(1, x.dim())))
+
+
 
 
 def noise_windows(alphas_cumprod: np.ndarray, simi_noise: float) -> tuple[np.ndarray, np.ndarray]:
@@ -66,13 +78,13 @@ def noise_windows(alphas_cumprod: np.ndarray, simi_noise: float) -> tuple[np.nda
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
-class NeighbourSampler:
-    """Draws t' for a batch of t; ``sample`` returns (t', active)."""
+class NeighbourDraw:
+    """Draws the neighbour step t' for a batch of t; ``draw`` returns (t', active)."""
 
     def __init__(self, variant: str, alphas_cumprod: np.ndarray, simi_step: int = 10,
                  simi_noise: float = 0.05) -> None:
-        if variant not in VARIANTS:
-            raise UserError(f"unknown distance penalty {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        if variant not in PENALTIES:
+            raise UserError(f"unknown distance penalty {variant!r}; choose one of: {', '.join(PENALTIES)}")
         if variant in ("l2", "cosine", "kl") and simi_step < 1:
             raise UserError(f"--simi_step must be positive, got {simi_step}")
         if variant.startswith("l2_noise") and not simi_noise > 0:
@@ -91,7 +103,7 @@ class NeighbourSampler:
             self._windows[key] = (lo.to(device), hi.to(device))
         return self._windows[key]
 
-    def sample(self, t: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, t: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Neighbour steps of ``t`` (int64, same shape) and whether the penalty applies to each example."""
         t = t.long()
         last = self.num_timesteps - 1
@@ -112,3 +124,51 @@ class NeighbourSampler:
             t_nb = torch.where(down, torch.minimum(below, t - 1), torch.minimum(above, hi))
         active = torch.where(down, (lo < t) & (lo > 0), (hi > t) & (hi < last))
         return torch.where(active, t_nb, t), active
+
+
+@dataclass
+class DistancePenalty:
+    """The post-training penalty: which distance, its weight and how the neighbour step is chosen.
+
+    As in Bridge-Gap's ``training_losses_seq2seq`` (and ``..._kl``), per example:
+    * ``l2*``: ``-simi_lambda * mean((f(x_t', t') - f(x_t, t))^2)`` (simi_lambda <= 0);
+    * ``cosine``: with c the cosine similarity per position, ``simi_lambda * mean(1 + c)`` for
+      simi_lambda > 0, else ``-simi_lambda * mean(1 - c)``;
+    * ``kl``: ``simi_lambda * mean over positions and vocabulary of p_t' (log p_t' - log p_t)``,
+      the teacher t' = t - simi_step predicting without gradient (simi_lambda >= 0).
+    """
+
+    kind: str
+    simi_lambda: float
+    neighbours: NeighbourDraw
+
+    @classmethod
+    def create(cls, kind: str, simi_lambda: float, diffusion: GaussianDiffusion, simi_step: int = 10,
+               simi_noise: float = 0.05) -> "DistancePenalty":
+        """Validate the settings and precompute the neighbour windows of ``diffusion`` once."""
+        if kind not in PENALTIES:
+            raise UserError(f"unknown --simi_penalty {kind!r}; choose one of: {', '.join(PENALTIES)} (or '' for none)")
+        if kind.startswith("l2") and simi_lambda > 0:
+            raise UserError(f"--simi_lambda must be negative or zero for {kind} (the penalty is -simi_lambda * "
+                            f"distance); got {simi_lambda} (the paper uses -2)")
+        if kind == "kl" and simi_lambda < 0:
+            raise UserError(f"--simi_lambda must be positive or zero for kl (the penalty is simi_lambda * KL); "
+                            f"got {simi_lambda}")
+        if simi_step >= diffusion.num_timesteps and kind in ("l2", "cosine", "kl"):
+            raise UserError(f"--simi_step {simi_step} must be below the model's T = {diffusion.num_timesteps}")
+        return cls(kind, simi_lambda, NeighbourDraw(kind, diffusion.alphas_cumprod, simi_step, simi_noise))
+
+    def penalty(self, pred: torch.Tensor, pred_nb: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+        """Per-example weighted penalty between the predictions at t and at the neighbour t'."""
+        if self.kind == "cosine":
+            cos = F.cosine_similarity(pred_nb, pred, dim=-1)
+            if self.simi_lambda > 0:
+                return mean_flat(1 + cos) * self.simi_lambda
+            return -mean_flat(1 - cos) * self.simi_lambda
+        if self.kind == "kl":
+            with torch.no_grad():
+                logits_teacher = lm_head(pred_nb)
+            log_pred = F.log_softmax(lm_head(pred), dim=-1)
+            log_target = F.log_softmax(logits_teacher, dim=-1)
+            return mean_flat(F.softmax(logits_teacher, dim=-1) * (log_target - log_pred)) * self.simi_lambda
+        return -mean_flat((pred_nb - pred) ** 2) * self.simi_lambda

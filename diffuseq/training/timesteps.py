@@ -1,4 +1,4 @@
-"""Timestep samplers for training: ``uniform`` and ``lossaware`` (importance sampling).
+"""Timestep sampling for training: ``uniform``, ``lossaware`` (importance sampling) and ``fixstep``.
 
 A sampler draws t for a batch and returns importance weights 1 / (T p_t) so
 that the weighted loss stays an unbiased estimate of the uniform one.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from ..errors import UserError
 
-SCHEDULE_SAMPLERS = ("uniform", "lossaware", "fixstep")
+TIMESTEP_SAMPLERS = ("uniform", "lossaware", "fixstep")
 
 
-class ScheduleSampler:
+class TimestepSampler:
     """Base class: a distribution over the T timesteps."""
 
     def __init__(self, num_timesteps: int) -> None:
@@ -43,11 +43,11 @@ class ScheduleSampler:
         """Restore what ``state_dict`` saved."""
 
 
-class UniformSampler(ScheduleSampler):
+class UniformTimesteps(TimestepSampler):
     """Every timestep equally likely."""
 
 
-class FixSampler(ScheduleSampler):
+class FixStepTimesteps(TimestepSampler):
     """DiffuSeq's ``fixstep``: weight 1 on the first half of the timesteps, 0.5 on the second half."""
 
     def weights(self) -> torch.Tensor:
@@ -56,7 +56,7 @@ class FixSampler(ScheduleSampler):
                           torch.full((half,), 0.5, dtype=torch.float64)])
 
 
-class LossSecondMomentSampler(ScheduleSampler):
+class LossAwareTimesteps(TimestepSampler):
     """p_t proportional to sqrt(E[loss_t^2]) over the last ``history`` losses of t.
 
     Uniform until every timestep has ``history`` losses; then mixed with
@@ -111,12 +111,12 @@ class LossSecondMomentSampler(ScheduleSampler):
             self.loss_counts.copy_(state["loss_counts"])
 
 
-def create_named_schedule_sampler(name: str, num_timesteps: int) -> ScheduleSampler:
+def create_timestep_sampler(name: str, num_timesteps: int) -> TimestepSampler:
     """The sampler called ``name`` (``uniform`` or ``lossaware``)."""
     if name == "uniform":
-        return UniformSampler(num_timesteps)
+        return UniformTimesteps(num_timesteps)
     if name in ("lossaware", "loss-second-moment"):
-        return LossSecondMomentSampler(num_timesteps)
+        return LossAwareTimesteps(num_timesteps)
     if name == "fixstep":
-        return FixSampler(num_timesteps)
-    raise UserError(f"unknown --schedule_sampler {name!r}; choose one of {', '.join(SCHEDULE_SAMPLERS)}")
+        return FixStepTimesteps(num_timesteps)
+    raise UserError(f"unknown --schedule_sampler {name!r}; choose one of {', '.join(TIMESTEP_SAMPLERS)}")

@@ -1,17 +1,16 @@
 """The training loop: data, model, optimizer, EMA, checkpoints and logging, read top to bottom.
 
-``train(cfg)`` runs one process of a (possibly distributed) run. Under
+``Trainer`` is one process of a (possibly distributed) run; :func:`diffuseq.training.setup.train`
+builds and runs it. Under
 ``torchrun`` every process calls it; the model is wrapped in DDP, each rank
 takes its slice of every global batch, and rank 0 writes the files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -19,56 +18,34 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util
-from .config import TrainConfig
-from .data import BatchStream, load_split, read_jsonl_pairs, split_path
-from .data.vocab import Vocabulary, WordPieceVocab, build_vocab, load_vocab_from, train_wordpiece
-from .diffusion.process import GaussianDiffusion
-from .errors import UserError
-from .losses import DistancePenalty, diffuseq_losses, distance_penalty_losses
-from .model import EncoderConfig
-from .model import checkpoints as ckpt
-from .model.checkpoints import create_model, load_model_weights
-from .model.plm_init import bert_weights_folder, load_bert_weights
-from .run_setup import RunPlan, plan_run
-from .step_sample import ScheduleSampler, create_named_schedule_sampler
+from .. import dist_util
+from ..config import TrainConfig
+from ..data import BatchStream, load_split
+from ..data.vocab import Vocabulary
+from ..diffusion.process import GaussianDiffusion
+from ..errors import UserError
+from ..model import EncoderConfig
+from ..model import checkpoints as ckpt
+from ..model.checkpoints import create_model, load_model_weights
+from ..model.plm_init import load_bert_weights
+from ..runtime import keep_freed_memory_on
+from .cross_entropy import CrossEntropyWorkspace
+from .losses import diffuseq_losses, distance_penalty_losses
+from .penalty import DistancePenalty
+from .state import rng_state, seed_everything, set_rng_state
+from .timesteps import TimestepSampler, create_timestep_sampler
 
 logger = logging.getLogger(__name__)
 VALID_EXAMPLES = 256
 
 
-def _rng_state() -> dict[str, Any]:
-    """Every RNG of this process, in a form ``torch.load(weights_only=True)`` accepts."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:]))}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 class Trainer:
-    """One process of a training run: owns the model, optimizer, EMA, sampler and data stream."""
+    """One process of a training run: owns the model, optimizer, EMA, timestep sampler, data stream and the
+    cross-entropy's workspace."""
 
     def __init__(self, cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary, device: torch.device,
                  encoder: EncoderConfig | None = None) -> None:
@@ -77,6 +54,7 @@ class Trainer:
         self.vocab = vocab
         self.device = device
         self.rank, self.world = dist_util.rank(), dist_util.world_size()
+        keep_freed_memory_on(device)
         self.is_main = self.rank == 0
 
         train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len)
@@ -87,12 +65,13 @@ class Trainer:
                                                                                  self.stream.local_batch)
 
         self.diffusion = GaussianDiffusion.from_schedule(cfg.noise_schedule, cfg.diffusion_steps)
-        self.sampler: ScheduleSampler = create_named_schedule_sampler(cfg.schedule_sampler, cfg.diffusion_steps)
+        self.timestep_sampler: TimestepSampler = create_timestep_sampler(cfg.schedule_sampler, cfg.diffusion_steps)
+        self.workspace = CrossEntropyWorkspace()
         self.penalty = (DistancePenalty.create(cfg.simi_penalty, cfg.simi_lambda, self.diffusion, cfg.simi_step,
                                                cfg.simi_noise) if cfg.simi_penalty else None)
         self.lr_schedule = cfg.resolved_lr_schedule()
 
-        _seed_everything(cfg.seed)  # identical initial weights on every rank
+        seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = create_model(cfg, vocab.size, encoder).to(device)
         self.params = list(self.model.parameters())
         self.ema_rates = cfg.ema_rates()
@@ -114,7 +93,7 @@ class Trainer:
         self.stop_requested = False
         self.stopped_by: int | None = None  # the signal that stopped the run (SIGINT / SIGTERM), if any
         self.loss_fn: Callable[..., dict[str, torch.Tensor]] = self._losses
-        _seed_everything(cfg.seed * 1000 + self.rank)  # per-rank training randomness
+        seed_everything(cfg.seed * 1000 + self.rank)  # per-rank training randomness
 
     # -- loading ------------------------------------------------------------
 
@@ -144,7 +123,7 @@ class Trainer:
         self.step = step
         state_file = folder / ckpt.trainstate_name(step)
         if not exact:
-            _seed_everything(self.cfg.seed * 1000 + self.rank + step)
+            seed_everything(self.cfg.seed * 1000 + self.rank + step)
             if self.is_main:
                 logger.info("starting from the weights of %s at step %d (fresh optimizer, as DiffuSeq)", path, step)
             return
@@ -157,16 +136,16 @@ class Trainer:
         if state_file.is_file():
             state = ckpt.safe_load(state_file)
             self.stream.load_state_dict(state["data"])
-            self.sampler.load_state_dict(state["sampler"])
+            self.timestep_sampler.load_state_dict(state["sampler"])
             self.bad_steps_total = int(state.get("bad_steps_total", 0))
             if len(state["rng"]) == self.world:
-                _set_rng_state(state["rng"][self.rank])
+                set_rng_state(state["rng"][self.rank])
             else:
                 logger.warning("checkpoint was written by %d processes, this run has %d: RNGs re-seeded",
                                len(state["rng"]), self.world)
-                _seed_everything(self.cfg.seed * 1000 + self.rank + step)
+                seed_everything(self.cfg.seed * 1000 + self.rank + step)
         else:
-            _seed_everything(self.cfg.seed * 1000 + self.rank + step)
+            seed_everything(self.cfg.seed * 1000 + self.rank + step)
         if self.is_main:
             logger.info("resumed from %s at step %d", path, step)
 
@@ -192,7 +171,7 @@ class Trainer:
 
     def save(self) -> None:
         """Write the checkpoint of the current step (rank 0), the train state marker last."""
-        rngs = dist_util.all_gather_objects(_rng_state())
+        rngs = dist_util.all_gather_objects(rng_state())
         if not self.is_main:
             dist_util.barrier()
             return
@@ -202,7 +181,7 @@ class Trainer:
         files[ckpt.opt_name(self.step)] = self.opt.state_dict()
         for name, obj in files.items():
             ckpt.atomic_save(obj, self.dir / name)
-        marker = {"step": self.step, "data": self.stream.state_dict(), "sampler": self.sampler.state_dict(),
+        marker = {"step": self.step, "data": self.stream.state_dict(), "sampler": self.timestep_sampler.state_dict(),
                   "rng": rngs, "bad_steps_total": self.bad_steps_total,
                   "files": {name: (self.dir / name).stat().st_size for name in files}}
         ckpt.atomic_save(marker, self.dir / ckpt.trainstate_name(self.step))
@@ -214,8 +193,9 @@ class Trainer:
     def _losses(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
                 with_nll: bool) -> dict[str, torch.Tensor]:
         if self.penalty is None:
-            return diffuseq_losses(model, self.diffusion, ids, mask, t, with_nll=with_nll)
-        return distance_penalty_losses(model, self.diffusion, self.penalty, ids, mask, t, with_nll=with_nll)
+            return diffuseq_losses(model, self.diffusion, ids, mask, t, with_nll=with_nll, workspace=self.workspace)
+        return distance_penalty_losses(model, self.diffusion, self.penalty, ids, mask, t, with_nll=with_nll,
+                                       workspace=self.workspace)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -235,13 +215,13 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         for start in range(0, local, self.microbatch):
             micro_ids, micro_mask = ids[start:start + self.microbatch], mask[start:start + self.microbatch]
-            t, weights = self.sampler.sample(micro_ids.size(0), self.device)
+            t, weights = self.timestep_sampler.sample(micro_ids.size(0), self.device)
             last = start + self.microbatch >= local
             sync = nullcontext() if last or not isinstance(ddp_model, DDP) else ddp_model.no_sync()
             with sync:
                 with self._autocast():
                     terms = self.loss_fn(ddp_model, micro_ids, micro_mask, t, with_nll and start == 0)
-                self.sampler.update(t, terms["loss"])
+                self.timestep_sampler.update(t, terms["loss"])
                 # as DiffuSeq: each microbatch's mean loss is backpropagated, so gradients add up
                 loss = (terms["loss"] * weights).mean()
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -399,107 +379,12 @@ def _progress(start: int, total: int):
 
 
 def _maybe_wandb(cfg: TrainConfig) -> Any:
-    """A Weights & Biases run when asked (``--wandb`` or ``WANDB_MODE`` set), else None."""
-    if not cfg.wandb and not os.environ.get("WANDB_MODE"):
-        return None
-    if os.environ.get("WANDB_MODE") == "disabled" and not cfg.wandb:
+    """A Weights & Biases run when ``--wandb`` asks for one, else None."""
+    if not cfg.wandb:
         return None
     try:
         import wandb
     except ImportError:
-        if cfg.wandb:
-            raise UserError("--wandb needs the wandb package: pip install wandb") from None
-        return None
+        raise UserError("--wandb needs the wandb package: pip install 'diffuseq-bridge[wandb]'") from None
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "diffuseq-bridge"), config=vars(cfg),
                       name=cfg.notes or None)
-
-
-def _run_vocab(plan: RunPlan) -> Vocabulary:
-    """The run's vocabulary: from the folder it already lives in, or built (rank 0 learns, the others receive)."""
-    cfg = plan.cfg
-    if plan.vocab_folder is not None:
-        vocab = load_vocab_from(plan.vocab_folder)
-        if cfg.vocab_source == "train" and "vocab_size" in cfg.given and vocab.size > cfg.vocab_size:
-            raise UserError(f"--vocab_size {cfg.vocab_size} but the vocabulary in {plan.vocab_folder} has "
-                            f"{vocab.size} entries")
-        return vocab
-    if cfg.vocab == "train":
-        itos = None
-        if dist_util.rank() == 0:
-            texts = (text for pair in read_jsonl_pairs(split_path(Path(cfg.data_dir), "train")) for text in pair)
-            itos = train_wordpiece(texts, cfg.vocab_size)
-        return WordPieceVocab.from_tokens(dist_util.broadcast_object(itos))
-    return build_vocab(cfg.vocab, (), cfg.vocab_size)
-
-
-def _record_settings(cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary) -> EncoderConfig:
-    """Resolve ``cfg`` into what ``training_args.json`` records, in DiffuSeq's meaning of each key.
-
-    The encoder size is written out (and into a BERT ``config.json`` in the folder, which
-    ``config_name`` then names, so DiffuSeq's own tools build the same model offline); ``vocab``
-    is ``bert`` for a WordPiece vocabulary (DiffuSeq reads it from ``config_name``'s folder),
-    with the flag given kept in ``vocab_source``; paths are absolute.
-    """
-    encoder = cfg.encoder_config(checkpoint_dir)
-    cfg.num_layers, cfg.num_heads = encoder.num_layers, encoder.num_heads
-    cfg.hidden_size, cfg.intermediate_size = encoder.hidden_size, encoder.intermediate_size
-    cfg.vocab_size = vocab.size
-    cfg.vocab_source = cfg.vocab_source or cfg.vocab
-    if cfg.vocab_source not in ("bert", "train"):
-        cfg.vocab_source = str(Path(cfg.vocab_source).resolve())
-    cfg.vocab = "bert" if isinstance(vocab, WordPieceVocab) else cfg.vocab_source
-    if cfg.use_plm_init != "bert":
-        cfg.config_name = str(checkpoint_dir.resolve())
-    cfg.checkpoint_path = str(checkpoint_dir)
-    cfg.data_dir = str(Path(cfg.data_dir).resolve())
-    cfg.lr_schedule = cfg.resolved_lr_schedule()
-    return encoder
-
-
-def _write_run_files(plan: RunPlan, vocab: Vocabulary, encoder: EncoderConfig) -> None:
-    """The first writes of a run (rank 0): the folder, its vocabulary, ``config.json``, ``training_args.json``."""
-    cfg, folder = plan.cfg, plan.folder
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create checkpoint folder {folder}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"checkpoint folder {folder} is not writable")
-    if plan.vocab_folder is None or plan.vocab_folder.resolve() != folder.resolve():
-        vocab.save(folder)
-    ckpt.atomic_write_text(json.dumps(encoder.to_bert_config(vocab.size, cfg.dropout, vocab.pad_id), indent=2)
-                           + "\n", folder / "config.json")
-    ckpt.atomic_write_text(cfg.to_json(), folder / "training_args.json")
-
-
-def setup_run(cfg: TrainConfig, device: torch.device) -> Trainer:
-    """A ready Trainer: everything checked (flags, data, the checkpoint to start from and its
-    settings) before the first file of the run is written, then the run's files written."""
-    plan = plan_run(cfg)
-    vocab = _run_vocab(plan)
-    encoder = _record_settings(cfg, plan.folder, vocab)
-    trainer = Trainer(cfg, plan.folder, vocab, device, encoder)
-    if plan.resume is not None:
-        trainer.load(plan.resume, exact=plan.exact)
-    elif cfg.use_plm_init == "bert":
-        trainer.init_from_bert(bert_weights_folder(cfg.config_name))
-    if dist_util.rank() == 0:
-        _write_run_files(plan, vocab, encoder)
-        logger.info("checkpoints go to %s (vocabulary of %d entries); learning rate %g, %s; %.2fM parameters, "
-                    "%s; %d process(es), batch %d per process in microbatches of %d", plan.folder, vocab.size,
-                    cfg.lr, cfg.lr_schedule, sum(p.numel() for p in trainer.params) / 1e6, encoder,
-                    dist_util.world_size(), trainer.stream.local_batch, trainer.microbatch)
-    dist_util.barrier()
-    return trainer
-
-
-def train(cfg: TrainConfig) -> Trainer:
-    """Run training in this process (one rank of a distributed run); return the trainer when it stops
-    (``trainer.stopped_by``: the signal that stopped it, if any)."""
-    device = dist_util.setup()
-    try:
-        trainer = setup_run(cfg, device)
-        trainer.run()
-        return trainer
-    finally:
-        dist_util.cleanup()

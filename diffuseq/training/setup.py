@@ -1,4 +1,5 @@
-"""Before a training run writes anything: where it goes, what it starts from, and with which settings.
+"""Setting up a training run: before it writes anything, where it goes, what it starts from, and with
+which settings; then its first files, and ``train`` itself.
 
 ``plan_run`` reads (never writes) the flags, the checkpoint folder and the checkpoint to start
 from, and settles the run's settings:
@@ -16,15 +17,24 @@ Every conflict is a ``UserError`` naming both values, raised before any file is 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .data import read_jsonl_pairs, split_path
-from .errors import UserError
-from .model import checkpoints as ckpt
+import torch
+
+from .. import dist_util
+from ..config import TrainConfig
+from ..data import read_jsonl_pairs, split_path
+from ..data.vocab import Vocabulary, WordPieceVocab, build_vocab, load_vocab_from, train_wordpiece
+from ..errors import UserError
+from ..model import EncoderConfig
+from ..model import checkpoints as ckpt
+from ..model.plm_init import bert_weights_folder
+from .loop import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -170,3 +180,94 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         raise UserError(f"{(resume.parent if resume is not None else folder)} holds no vocabulary (vocab.txt or "
                         f"vocab.json)")
     return RunPlan(cfg, folder, resume, exact, vocab_folder, not folder.exists())
+
+
+def _run_vocab(plan: RunPlan) -> Vocabulary:
+    """The run's vocabulary: from the folder it already lives in, or built (rank 0 learns, the others receive)."""
+    cfg = plan.cfg
+    if plan.vocab_folder is not None:
+        vocab = load_vocab_from(plan.vocab_folder)
+        if cfg.vocab_source == "train" and "vocab_size" in cfg.given and vocab.size > cfg.vocab_size:
+            raise UserError(f"--vocab_size {cfg.vocab_size} but the vocabulary in {plan.vocab_folder} has "
+                            f"{vocab.size} entries")
+        return vocab
+    if cfg.vocab == "train":
+        itos = None
+        if dist_util.rank() == 0:
+            texts = (text for pair in read_jsonl_pairs(split_path(Path(cfg.data_dir), "train")) for text in pair)
+            itos = train_wordpiece(texts, cfg.vocab_size)
+        return WordPieceVocab.from_tokens(dist_util.broadcast_object(itos))
+    return build_vocab(cfg.vocab, (), cfg.vocab_size)
+
+
+def _record_settings(cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary) -> EncoderConfig:
+    """Resolve ``cfg`` into what ``training_args.json`` records, in DiffuSeq's meaning of each key.
+
+    The encoder size is written out (and into a BERT ``config.json`` in the folder, which
+    ``config_name`` then names, so DiffuSeq's own tools build the same model offline); ``vocab``
+    is ``bert`` for a WordPiece vocabulary (DiffuSeq reads it from ``config_name``'s folder),
+    with the flag given kept in ``vocab_source``; paths are absolute.
+    """
+    encoder = cfg.encoder_config(checkpoint_dir)
+    cfg.num_layers, cfg.num_heads = encoder.num_layers, encoder.num_heads
+    cfg.hidden_size, cfg.intermediate_size = encoder.hidden_size, encoder.intermediate_size
+    cfg.vocab_size = vocab.size
+    cfg.vocab_source = cfg.vocab_source or cfg.vocab
+    if cfg.vocab_source not in ("bert", "train"):
+        cfg.vocab_source = str(Path(cfg.vocab_source).resolve())
+    cfg.vocab = "bert" if isinstance(vocab, WordPieceVocab) else cfg.vocab_source
+    if cfg.use_plm_init != "bert":
+        cfg.config_name = str(checkpoint_dir.resolve())
+    cfg.checkpoint_path = str(checkpoint_dir)
+    cfg.data_dir = str(Path(cfg.data_dir).resolve())
+    cfg.lr_schedule = cfg.resolved_lr_schedule()
+    return encoder
+
+
+def _write_run_files(plan: RunPlan, vocab: Vocabulary, encoder: EncoderConfig) -> None:
+    """The first writes of a run (rank 0): the folder, its vocabulary, ``config.json``, ``training_args.json``."""
+    cfg, folder = plan.cfg, plan.folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create checkpoint folder {folder}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"checkpoint folder {folder} is not writable")
+    if plan.vocab_folder is None or plan.vocab_folder.resolve() != folder.resolve():
+        vocab.save(folder)
+    ckpt.atomic_write_text(json.dumps(encoder.to_bert_config(vocab.size, cfg.dropout, vocab.pad_id), indent=2)
+                           + "\n", folder / "config.json")
+    ckpt.atomic_write_text(cfg.to_json(), folder / "training_args.json")
+
+
+def setup_run(cfg: TrainConfig, device: torch.device) -> Trainer:
+    """A ready Trainer: everything checked (flags, data, the checkpoint to start from and its
+    settings) before the first file of the run is written, then the run's files written."""
+    plan = plan_run(cfg)
+    vocab = _run_vocab(plan)
+    encoder = _record_settings(cfg, plan.folder, vocab)
+    trainer = Trainer(cfg, plan.folder, vocab, device, encoder)
+    if plan.resume is not None:
+        trainer.load(plan.resume, exact=plan.exact)
+    elif cfg.use_plm_init == "bert":
+        trainer.init_from_bert(bert_weights_folder(cfg.config_name))
+    if dist_util.rank() == 0:
+        _write_run_files(plan, vocab, encoder)
+        logger.info("checkpoints go to %s (vocabulary of %d entries); learning rate %g, %s; %.2fM parameters, "
+                    "%s; %d process(es), batch %d per process in microbatches of %d", plan.folder, vocab.size,
+                    cfg.lr, cfg.lr_schedule, sum(p.numel() for p in trainer.params) / 1e6, encoder,
+                    dist_util.world_size(), trainer.stream.local_batch, trainer.microbatch)
+    dist_util.barrier()
+    return trainer
+
+
+def train(cfg: TrainConfig) -> Trainer:
+    """Run training in this process (one rank of a distributed run); return the trainer when it stops
+    (``trainer.stopped_by``: the signal that stopped it, if any)."""
+    device = dist_util.setup()
+    try:
+        trainer = setup_run(cfg, device)
+        trainer.run()
+        return trainer
+    finally:
+        dist_util.cleanup()

@@ -1,0 +1,133 @@
+"""The rounding loss's cross-entropy of ``lm_head(x)``, computed block by block without denormals."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+CE_BLOCK_ELEMENTS = 2**21  # logits per block of rows (8 MB in float32): small enough to stay in cache
+# log of the smallest normal float32: exp() below it gives denormals (very slow on CPUs) or zeros
+LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+GRAD_SCALE = 2.0**64  # keeps the backward's products of tiny probabilities out of the denormal range
+
+
+class CrossEntropyWorkspace:
+    """The float32 [rows, vocab] buffer of log-probabilities, kept from call to call by its owner (the
+    training loop) so that a fresh one of this size is not mapped and zeroed by the OS every step."""
+
+    def __init__(self) -> None:
+        self.spare: torch.Tensor | None = None
+
+    def take(self, rows: int, vocab: int, device: torch.device) -> torch.Tensor:
+        """The buffer the last backward released when it fits, else a new one."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.shape == (rows, vocab) and spare.device == device:
+            return spare
+        return torch.empty(rows, vocab, dtype=torch.float32, device=device)
+
+    def give_back(self, buffer: torch.Tensor) -> None:
+        self.spare = buffer
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Per-row cross-entropy of ``hidden @ weight.T + bias`` against ``ids``, computed block by block.
+
+    The float32 log-probabilities kept for backward live in one buffer (from a
+    :class:`CrossEntropyWorkspace` when one is given), filled and turned into the
+    logits' gradient a cache-sized block of rows at a time. Logits further below their row's
+    maximum than ``LOG_TINY + log(vocab)`` are raised to that floor before the
+    log-softmax, so that no probability is a denormal; this moves the
+    log-sum-exp and the gradient by less than float32 resolves, and the target's
+    own logit is never raised. Matmuls run in ``dtype`` (the autocast dtype, as
+    ``nn.Linear`` would), the log-softmax in float32, as
+    ``F.cross_entropy(logits.float())``. Backward may run only once.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ids: torch.Tensor,
+                dtype: torch.dtype, keep: bool, workspace: CrossEntropyWorkspace | None) -> torch.Tensor:
+        x, w, b = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+        vocab = w.size(0)
+        floor = LOG_TINY + math.log(vocab) + 1
+        log_probs = (workspace or CrossEntropyWorkspace()).take(ids.numel(), vocab, hidden.device)
+        ce = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
+        step = max(1, CE_BLOCK_ELEMENTS // vocab)
+        scratch = None if dtype == torch.float32 else torch.empty(step, vocab, dtype=dtype, device=hidden.device)
+        for start in range(0, ids.numel(), step):
+            block = slice(start, start + step)
+            idx = ids[block, None]
+            logits = log_probs[block]
+            if scratch is None:
+                torch.addmm(b, x[block], w.t(), out=logits)
+            else:
+                logits.copy_(torch.addmm(b, x[block], w.t(), out=scratch[:logits.size(0)]))
+            target = logits.gather(1, idx)
+            torch.maximum(logits, logits.amax(1, keepdim=True) + floor, out=logits)
+            raised = logits.gather(1, idx) - target  # what the floor added to the target logit (mostly 0)
+            torch.log_softmax(logits, 1, out=logits)
+            ce[block] = (raised - logits.gather(1, idx)).squeeze(1)
+        ctx.workspace = workspace
+        if keep:
+            ctx.save_for_backward(x, w, ids)
+            ctx.log_probs = log_probs
+            ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        elif workspace is not None:
+            workspace.give_back(log_probs)
+        return ce
+
+    @staticmethod
+    def backward(ctx, grad_ce: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.log_probs is None:
+            raise RuntimeError("backward through the fused cross-entropy can run only once")
+        x, w, ids = ctx.saved_tensors
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        log_probs, ctx.log_probs = ctx.log_probs, None
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros(w.shape, dtype=torch.promote_types(x.dtype, torch.float32), device=w.device)
+        grad_b = torch.zeros(w.size(0), dtype=torch.float32, device=w.device)
+        step = max(1, CE_BLOCK_ELEMENTS // w.size(0))
+        scratch = None if x.dtype == torch.float32 else torch.empty(step, w.size(0), dtype=x.dtype, device=x.device)
+        # The incoming per-row gradient g is scaled by 2^64 before it meets the probabilities and the
+        # sums are scaled back once at the end: a power of two changes no rounding, but the products of
+        # tiny probabilities and g * x (~1e-34 * 1e-5) stay normal floats instead of denormals, which
+        # some CPUs (Intel's) process tens of times slower.
+        scaled_g = grad_ce * GRAD_SCALE
+        for start in range(0, ids.numel(), step):
+            block = slice(start, start + step)
+            # d ce / d logits = softmax - one_hot(ids), built in place of the log-probabilities
+            grad = log_probs[block].exp_()
+            grad[torch.arange(grad.size(0), device=grad.device), ids[block]] -= 1
+            g = scaled_g[block, None]
+            grad_b.addmv_(grad.t(), g.squeeze(1))
+            if scratch is None:  # g scales the small factors: g * (G @ W) and G.T @ (g * x)
+                torch.mul(grad @ w, grad_ce[block, None], out=grad_x[block])
+                grad_w.addmm_(grad.t(), x[block] * g)
+            else:  # g scales G as it is rounded to the matmul dtype, as in F.cross_entropy's backward
+                grad = torch.mul(grad, g, out=scratch[:grad.size(0)])
+                torch.mm(grad, w, out=grad_x[block])
+                grad_w.add_(grad.t() @ x[block])
+        if scratch is not None:
+            grad_x.mul_(1 / GRAD_SCALE)
+        grad_w.mul_(1 / GRAD_SCALE)
+        grad_b.mul_(1 / GRAD_SCALE)
+        if ctx.workspace is not None:
+            ctx.workspace.give_back(log_probs)
+        return grad_x.to(hidden_dtype), grad_w.to(weight_dtype), grad_b.to(bias_dtype), None, None, None, None
+
+
+def token_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, ids: torch.Tensor,
+                        mask: torch.Tensor | None = None,
+                        workspace: CrossEntropyWorkspace | None = None) -> torch.Tensor:
+    """Per-example cross-entropy of ``lm_head(hidden)``, averaged over all positions or over ``mask == 1``."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+    inputs = (hidden.flatten(0, 1), lm_head.weight, lm_head.bias)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    with torch.autocast(device, enabled=False):
+        ce = _LinearCrossEntropy.apply(*inputs, ids.flatten(), dtype, keep, workspace).view(ids.shape)
+    if mask is None:
+        return ce.mean(dim=-1)
+    mask = mask.to(ce.dtype)
+    return (ce * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)

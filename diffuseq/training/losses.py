@@ -1,0 +1,124 @@
+"""Training losses: DiffuSeq's base loss and the Distance Penalty of Tang et al. (2023).
+
+Every function returns per-example terms (shape [B]); the caller weights them
+by the timestep sampler's importance weights and averages.
+
+Base loss (DiffuSeq): ``loss = mse + rounding + tT`` with
+* ``mse``: mean((x0 - f(x_t, t))^2) over positions and dims (target x0_mean at t = 0),
+* ``tT``: mean(q_mean(x0, T-1)^2), which keeps the embeddings from growing,
+* ``rounding``: cross-entropy of lm_head(x0) against the tokens, over all positions,
+and ``nll`` (logged only): cross-entropy of lm_head(f(x_t, t)) on the target part.
+
+Distance Penalty post-training (Bridge-Gap's ``training_losses_seq2seq``): a neighbour
+step t' is drawn per example (:mod:`diffuseq.training.penalty`); f is evaluated at t and t' in
+one forward pass of a batch twice as large, and
+``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2`` with the penalty of
+:class:`DistancePenalty` where a neighbour exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..diffusion.process import GaussianDiffusion
+from .cross_entropy import CrossEntropyWorkspace, token_cross_entropy
+from .penalty import DistancePenalty, NeighbourDraw, mean_flat
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The denoiser inside a DistributedDataParallel (or compiled) wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+@dataclass
+class LossDraws:
+    """Every random draw of one loss evaluation: the x_0 noise, the x_t noise and, with a penalty,
+    the neighbour steps (and where the penalty applies) and the x_t' noise.
+
+    ``sample`` draws them from the default generator; a test can supply its own to compare
+    with another implementation draw for draw.
+    """
+
+    x0_noise: torch.Tensor
+    xt_noise: torch.Tensor
+    t_nb: torch.Tensor | None = None
+    active: torch.Tensor | None = None
+    nb_noise: torch.Tensor | None = None
+
+    @classmethod
+    def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourDraw | None = None) -> "LossDraws":
+        x0_noise = torch.randn_like(x0_mean)
+        if neighbours is None:
+            return cls(x0_noise, torch.randn_like(x0_mean))
+        t_nb, active = neighbours.draw(t)
+        return cls(x0_noise, torch.randn_like(x0_mean), t_nb, active, torch.randn_like(x0_mean))
+
+
+def _rounding_and_tT(net: nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, ids: torch.Tensor,
+                     workspace: CrossEntropyWorkspace | None) -> tuple[torch.Tensor, torch.Tensor]:
+    last = torch.full((x0.size(0),), diffusion.num_timesteps - 1, device=x0.device, dtype=torch.long)
+    t_t = mean_flat(diffusion.q_mean(x0, last) ** 2)
+    rounding = token_cross_entropy(x0, net.lm_head, ids, workspace=workspace)
+    return rounding, t_t
+
+
+def predict_pair(model: nn.Module, x_a: torch.Tensor, ts_a: torch.Tensor, x_b: torch.Tensor, ts_b: torch.Tensor,
+                 batched: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(x_a, t_a) and f(x_b, t_b): one forward of the concatenated batch, or two forwards."""
+    if not batched:
+        return model(x_a, ts_a), model(x_b, ts_b)
+    return model(torch.cat([x_a, x_b]), torch.cat([ts_a, ts_b])).chunk(2)
+
+
+def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.Tensor, mask: torch.Tensor,
+                    t: torch.Tensor, with_nll: bool = False, draws: LossDraws | None = None,
+                    workspace: CrossEntropyWorkspace | None = None) -> dict[str, torch.Tensor]:
+    """DiffuSeq's loss terms per example: ``loss``, ``mse``, ``rounding``, ``tT`` (and ``nll``)."""
+    net = unwrap(model)
+    x0_mean = net.get_embeds(ids)
+    draws = draws or LossDraws.sample(x0_mean, t)
+    x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
+    x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
+    pred = model(x_t, diffusion.scale_timesteps(t))
+    mse = torch.where(t == 0, mean_flat((x0_mean - pred) ** 2), mean_flat((x0 - pred) ** 2))
+    rounding, t_t = _rounding_and_tT(net, diffusion, x0, ids, workspace)
+    terms = {"loss": mse + rounding + t_t, "mse": mse, "rounding": rounding, "tT": t_t}
+    if with_nll:
+        with torch.no_grad():
+            terms["nll"] = token_cross_entropy(pred, net.lm_head, ids, mask)
+    return terms
+
+
+def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, penalty: DistancePenalty,
+                            ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, with_nll: bool = False,
+                            batched: bool = True, draws: LossDraws | None = None,
+                            workspace: CrossEntropyWorkspace | None = None) -> dict[str, torch.Tensor]:
+    """Post-training terms per example: ``loss``, ``mse`` (at t), ``mse_nb`` (at t'), ``penalty``, ...
+
+    ``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2``: the mse target is x0_mean
+    for both predictions, and the penalty is zero where the neighbour draw found no neighbour.
+    """
+    net = unwrap(model)
+    x0_mean = net.get_embeds(ids)
+    draws = draws or LossDraws.sample(x0_mean, t, penalty.neighbours)
+    x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
+    t_nb = draws.t_nb
+    x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
+    x_nb = diffusion.q_sample(x0, t_nb, draws.nb_noise, mask)
+    pred, pred_nb = predict_pair(model, x_t, diffusion.scale_timesteps(t), x_nb, diffusion.scale_timesteps(t_nb),
+                                 batched=batched)
+    mse = mean_flat((x0_mean - pred) ** 2)
+    mse_nb = mean_flat((x0_mean - pred_nb) ** 2)
+    pen = penalty.penalty(pred, pred_nb, net.lm_head) * draws.active.to(mse.dtype)
+    rounding, t_t = _rounding_and_tT(net, diffusion, x0, ids, workspace)
+    terms = {"loss": (mse + mse_nb + 2 * rounding + 2 * t_t + pen) / 2, "mse": mse, "mse_nb": mse_nb,
+             "penalty": pen, "rounding": rounding, "tT": t_t}
+    if with_nll:
+        with torch.no_grad():
+            terms["nll"] = token_cross_entropy(pred, net.lm_head, ids, mask)
+    return terms
