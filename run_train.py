@@ -1,42 +1,6 @@
-"""Train or post-train a DiffuSeq diffusion model.
+"""Train or post-train a DiffuSeq diffusion model (``python run_train.py --help``; also ``diffuseq-train``)."""
 
-    python run_train.py --data_dir datasets/wordnet --vocab train ...            # one process
-    torchrun --nproc_per_node=4 run_train.py ...                                 # DDP (gloo on CPU, nccl on GPU)
-    python -m torch.distributed.launch --nproc_per_node=4 --use_env run_train.py ...
-
-Stopped with Ctrl-C or SIGTERM, it saves a checkpoint and exits with 130 / 143; the same
-command started again continues from it.
-"""
-
-from __future__ import annotations
-
-import logging
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from diffuseq.config import parse_train_args  # noqa: E402
-from diffuseq.errors import run_cli  # noqa: E402
-from diffuseq.runtime import start_command  # noqa: E402
-
-
-def main() -> int:
-    rank = start_command()
-    cfg = parse_train_args(sys.argv[1:])
-    from diffuseq.training.setup import train
-
-    trainer = train(cfg)
-    log = logging.getLogger("run_train")
-    if trainer.stopped_by:
-        if rank == 0:
-            log.warning("stopped at step %d by signal %d (checkpoint saved in %s); the same command continues it",
-                        trainer.step, trainer.stopped_by, trainer.dir)
-        return 128 + trainer.stopped_by
-    if rank == 0:
-        log.info("done: checkpoints in %s", trainer.dir)
-    return 0
-
+from diffuseq.commands.train import run
 
 if __name__ == "__main__":
-    run_cli(main)
+    run()

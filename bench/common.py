@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import random
 import resource
-import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def synthetic_dataset(folder: Path, vocab_size: int, seq_len: int, n: int = 512, seed: int = 0) -> Path:

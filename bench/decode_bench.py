@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import torch
 from common import peak_memory_mb
 
-from diffuseq.decoding import DiffusionSampler, ExampleNoise, NearestEmbedding, SamplerConfig, denoise
+from diffuseq.samplers import ExampleNoise, NearestEmbedding, SamplerConfig, create_sampler, denoise
 from diffuseq.model import EncoderConfig, TransformerNetModel
 from diffuseq.runtime import keep_freed_memory
 
@@ -34,7 +34,7 @@ def time_decode(args: argparse.Namespace) -> dict[str, float]:
     model = TransformerNetModel(args.vocab_size, args.hidden_dim, args.hidden_dim, 0.1,
                                 EncoderConfig(args.layers, args.hidden, args.heads, args.ffn)).to(device).eval()
     model.requires_grad_(False)
-    sampler = DiffusionSampler(SamplerConfig(args.diff_steps, "sqrt", args.respacing))
+    sampler = create_sampler(SamplerConfig(args.diff_steps, "sqrt", args.respacing))
     dtype = DTYPES[args.dtype]
     embeddings = model.word_embedding.weight.detach()
     clamp = None if args.no_clamp else NearestEmbedding(embeddings.to(dtype) if dtype else embeddings)

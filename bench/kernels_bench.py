@@ -17,9 +17,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import ROOT  # noqa: F401 (puts the repository on the path)
 
-from diffuseq.decoding import NearestEmbedding, blocked_argmin
+from diffuseq.samplers import NearestEmbedding, blocked_argmin
 from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout
 from diffuseq.model.kernels import packed_linear
 from diffuseq.runtime import keep_freed_memory

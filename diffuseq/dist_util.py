@@ -34,7 +34,12 @@ def setup() -> torch.device:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    return current_device()
+
+
+def current_device() -> torch.device:
+    """This process's device: its CUDA device when there is one (see :func:`setup`), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def cleanup() -> None:

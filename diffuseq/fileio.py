@@ -1,4 +1,4 @@
-"""Atomic file writes (no torch import: the evaluation script uses them too).
+"""Atomic file writes and jsonl reading (no torch import: the evaluation script uses them too).
 
 A file is written to a temporary file in the same folder, fsynced and renamed, so a crash never
 leaves a half-written file under a real name; it gets the mode the user's umask gives.
@@ -6,10 +6,11 @@ leaves a half-written file under a real name; it gets the mode the user's umask 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable, Iterator
 
 from .errors import UserError
 
@@ -59,3 +60,21 @@ def atomic_write(path: Path, mode: str, write: Callable[[IO], object]) -> None:
 def atomic_write_text(text: str, path: Path) -> None:
     """Write a text file atomically (temporary file in the same folder, fsync, rename)."""
     atomic_write(path, "w", lambda handle: handle.write(text))
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of each non-blank line; a line that is not UTF-8 or not JSON is a
+    ``UserError`` naming the file and the line."""
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                f"{err.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None

@@ -2,8 +2,8 @@
 # The whole method on the embedded WordNet data, on a CPU, in about 8 minutes on 2 idle cores:
 #   1. train a small DiffuSeq model,
 #   2. post-train it with the Distance Penalty (l2_noise_random, lambda -2),
-#   3. decode the test split with adp_20, a uniform 20-step respacing and all T steps,
-#   4. evaluate each decode and print one table.
+#   3. decode and score the test split with adp_20, a uniform 20-step respacing and all T steps,
+#   4. print one table.
 #
 #   bash scripts/demo.sh
 #
@@ -55,18 +55,12 @@ TOTAL=$((TRAIN_STEPS + POST_STEPS))
   --simi_penalty l2_noise_random --simi_lambda -2 --simi_noise 0.05 --notes demo_post
 POST_CKPT=$(printf "%s/post/ema_0.995_%06d.pt" "$OUT" "$TOTAL")
 
-decode() {  # decode MODEL_NAME CHECKPOINT RESPACING LABEL
-  local name="$1__$4"
-  local samples
-  samples="$OUT/decode/$name/$(basename "$(dirname "$2")")/$(basename "$2").samples"
-  echo "== 3/4 decoding: $1 model, $4"
+decode() {  # decode MODEL_NAME CHECKPOINT RESPACING LABEL: decode and score (one pipeline)
+  echo "== 3/4 decoding and scoring: $1 model, $4"
   "${LAUNCH[@]}" "$ROOT/sample_seq2seq.py" --model_path "$2" --step "$DIFF_STEPS" --decode_respacing "$3" \
     --batch_size "$DECODE_BATCH" --seeds "$SEEDS" --split test --max_examples "$TEST_EXAMPLES" \
-    --out_dir "$OUT/decode/$name"
-  python "$ROOT/scripts/eval_seq2seq.py" --folder "$samples" --json "$OUT/eval/$name.json" --no_corpus_bleu \
-    > "$OUT/eval/$name.txt"
+    --out_dir "$OUT/decode/$1__$4" --evaluate ${DTYPE:+--dtype "$DTYPE"}
 }
-mkdir -p "$OUT/eval"
 decode base "$BASE_CKPT" adp_20 adp_20
 decode base "$BASE_CKPT" 20 uniform_20
 decode post-trained "$POST_CKPT" adp_20 adp_20

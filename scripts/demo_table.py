@@ -1,4 +1,4 @@
-"""Print the demo's result table from its output folder (decodes under decode/, evaluations under eval/).
+"""Print the demo's result table from its output folder (each decode and its scores under decode/<model>__<decoding>/).
 
     python scripts/demo_table.py OUT_DIR [--markdown]
 """
@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from diffuseq import metrics  # noqa: E402
-from diffuseq.errors import run_cli  # noqa: E402
-from diffuseq.report import add_speedups, format_table, load_row  # noqa: E402
+from diffuseq import metrics
+from diffuseq.errors import run_cli
+from diffuseq.report import add_speedups, format_table, load_row
 
 
 def copy_baseline_bleu(decode_dir: Path) -> float:
@@ -38,14 +34,15 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     rows = []
-    for eval_json in sorted((args.out_dir / "eval").glob("*.json")):
-        model, decoding = eval_json.stem.split("__")
-        rows.append(load_row(model, decoding, samples_of(args.out_dir / "decode" / eval_json.stem), eval_json))
+    for decode_dir in sorted(p for p in (args.out_dir / "decode").iterdir() if p.is_dir()):
+        model, decoding = decode_dir.name.split("__")
+        samples = samples_of(decode_dir)
+        rows.append(load_row(model, decoding, samples, next(samples.glob("*.eval.json"))))
     order = {"base": 0, "post-trained": 1}
     rows.sort(key=lambda r: (order.get(r.model, 2), -r.steps if r.decoding == "all" else r.steps, r.decoding))
     add_speedups(rows)
     print(format_table(rows, markdown=args.markdown))
-    any_decode = samples_of(args.out_dir / "decode" / sorted((args.out_dir / "eval").glob("*.json"))[0].stem)
+    any_decode = samples_of(next(p for p in (args.out_dir / "decode").iterdir() if p.is_dir()))
     print(f"\ncopy-the-source baseline BLEU on the same test lines: {copy_baseline_bleu(any_decode):.4f}")
     return 0
 

@@ -14,27 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from diffuseq.data import load_split  # noqa: E402
-from diffuseq.decoding import DiffusionSampler, NearestEmbedding, SamplerConfig, decode_to_files, output_name  # noqa: E402
-from diffuseq.errors import UserError, run_cli  # noqa: E402
-from diffuseq.fileio import atomic_write_text  # noqa: E402
-from diffuseq.model import checkpoints as ckpt  # noqa: E402
-from diffuseq.model.checkpoints import load_checkpoint  # noqa: E402
-from diffuseq.report import Row, add_speedups, format_table, load_row  # noqa: E402
+from diffuseq import DecodeConfig, Seq2SeqDiffusion
+from diffuseq.decode import run_decode
+from diffuseq.errors import UserError, run_cli
+from diffuseq.fileio import atomic_write_text
+from diffuseq.model import checkpoints as ckpt
+from diffuseq.report import Row, add_speedups, format_table, load_row
 
 logger = logging.getLogger("reproduce")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,7 @@ def cell_key(cell: Cell, checkpoint: dict, args: argparse.Namespace, data_dir: s
 def cell_done(out_dir: Path, cell: Cell, key: dict) -> bool:
     """A cell is finished when its evaluation exists and it was decoded from this checkpoint with these settings."""
     eval_json, key_file = out_dir / "eval" / f"{cell.name}.json", out_dir / "decode" / cell.name / "cell.json"
-    if not eval_json.is_file() or not any((out_dir / "decode" / cell.name).glob("*.meta.json")):
+    if not eval_json.is_file() or not any((out_dir / "decode" / cell.name).glob("*/*.samples/*.meta.json")):
         return False
     try:
         return json.loads(key_file.read_text()) == key
@@ -105,34 +98,26 @@ def cell_done(out_dir: Path, cell: Cell, key: dict) -> bool:
         return False
 
 
-def decode_cell(cell: Cell, checkpoint: dict, loaded: tuple, args: argparse.Namespace, out_dir: Path,
+def decode_cell(cell: Cell, model_path: Path, api: Seq2SeqDiffusion, args: argparse.Namespace, out_dir: Path,
                 key: dict) -> None:
-    """Decode one cell with every seed into ``out_dir/decode/<cell>/`` (as sample_seq2seq.py writes it)."""
-    cfg, vocab, model = loaded
-    sampler = DiffusionSampler(SamplerConfig(cfg.diffusion_steps, cfg.noise_schedule, cell.respacing()))
-    data = load_split(Path(args.data_dir or cfg.data_dir), args.split, vocab, cfg.seq_len, args.max_examples)
-    clamp = NearestEmbedding(model.word_embedding.weight.detach())
+    """Decode and score one cell with every seed (the pipeline of sample_seq2seq.py --evaluate) into
+    ``out_dir/decode/<cell>/``; its scores go to ``out_dir/eval/<cell>.json``, which marks it finished."""
     folder = out_dir / "decode" / cell.name
     if folder.exists():
         shutil.rmtree(folder)  # outputs of another checkpoint or other settings
-    folder.mkdir(parents=True)
-    name = output_name(cfg.diffusion_steps, -1.0, cell.respacing(), args.split, 0.0,
-                       {"first": args.max_examples} if args.max_examples else {})
-    settings = {"split": args.split, "data_dir": key["data_dir"], "max_examples": args.max_examples, "dtype": "fp32"}
-    decode_to_files(model, sampler, vocab, data, args.seed_list, folder, name, args.batch_size, None, clamp,
-                    {"checkpoint": checkpoint, "settings": settings})
+    config = DecodeConfig(model_path=str(model_path), decode_respacing=cell.respacing(), split=args.split,
+                          seeds=",".join(map(str, args.seed_list)), batch_size=args.batch_size, out_dir=str(folder),
+                          data_dir=args.data_dir, max_examples=args.max_examples, evaluate=True)
+    config.validate()
+    run = run_decode(config, api)
     atomic_write_text(json.dumps(key, indent=2) + "\n", folder / "cell.json")
+    (out_dir / "eval").mkdir(exist_ok=True)
+    atomic_write_text(json.dumps(run.scores, indent=2) + "\n", out_dir / "eval" / f"{cell.name}.json")
 
 
-def evaluate_cell(cell: Cell, out_dir: Path) -> None:
-    """Run the evaluation script on a cell's folder; its JSON marks the cell as finished."""
-    eval_json = out_dir / "eval" / f"{cell.name}.json"
-    eval_json.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_seq2seq.py"), "--folder",
-                             str(out_dir / "decode" / cell.name), "--json", str(eval_json), "--no_corpus_bleu",
-                             "--no_progress", "--pattern", "seed*.json"], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UserError(f"evaluating {cell.name} failed: {result.stderr.strip().splitlines()[-1]}")
+def samples_of(out_dir: Path, cell: Cell) -> Path:
+    """The ``<checkpoint folder>/<checkpoint>.samples`` folder of a cell's decode."""
+    return next((out_dir / "decode" / cell.name).glob("*/*.samples"))
 
 
 def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
@@ -168,7 +153,7 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
 
 def assemble(out_dir: Path, cells: list[Cell]) -> list[Row]:
     """Rows of every finished cell, with speedups against each model's full-step decode."""
-    rows = [load_row(cell.model, cell.decoding, out_dir / "decode" / cell.name, out_dir / "eval" / f"{cell.name}.json")
+    rows = [load_row(cell.model, cell.decoding, samples_of(out_dir, cell), out_dir / "eval" / f"{cell.name}.json")
             for cell in cells if (out_dir / "eval" / f"{cell.name}.json").is_file()]
     add_speedups(rows)
     return rows
@@ -195,21 +180,20 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     paths = {"base": Path(args.base), "post-trained": Path(args.post)}
-    loaded = {name: load_checkpoint(path, device) for name, path in paths.items()}
+    loaded = {name: Seq2SeqDiffusion.from_checkpoint(path, device) for name, path in paths.items()}
     identities = {name: ckpt.file_identity(path) for name, path in paths.items()}
-    num_timesteps = loaded["base"][0].diffusion_steps
+    num_timesteps = loaded["base"].num_timesteps
     cells = plan_cells(list(paths), parse_steps(args.steps, num_timesteps))
     for cell in cells:
-        key = cell_key(cell, identities[cell.model], args, args.data_dir or loaded[cell.model][0].data_dir)
+        key = cell_key(cell, identities[cell.model], args, args.data_dir or loaded[cell.model].config.data_dir)
         if cell_done(out_dir, cell, key):
             logger.info("%s: already done", cell.name)
             continue
         logger.info("%s: decoding with %s", cell.name, cell.respacing() or "all steps")
-        decode_cell(cell, identities[cell.model], loaded[cell.model], args, out_dir, key)
-        evaluate_cell(cell, out_dir)
+        decode_cell(cell, paths[cell.model], loaded[cell.model], args, out_dir, key)
     rows = assemble(out_dir, cells)
     table = format_table(rows, markdown=True)
-    header = (f"Test split ({args.split}, {loaded['base'][0].data_dir or args.data_dir}), seeds {args.seeds}, "
+    header = (f"Test split ({args.split}, {args.data_dir or loaded['base'].config.data_dir}), seeds {args.seeds}, "
               f"T = {num_timesteps}; wall time is per seed, on {device}.\n\n")
     atomic_write_text(header + table + "\n", out_dir / "results.md")
     plots = write_plots(rows, out_dir)

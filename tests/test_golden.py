@@ -19,7 +19,8 @@ from helpers import write_pairs
 from diffuseq.config import parse_train_args
 from diffuseq.data import encode_pairs
 from diffuseq.data.vocab import WordPieceVocab, WordVocab
-from diffuseq.decoding import DiffusionSampler, NearestEmbedding, SamplerConfig, decode_text, denoise
+from diffuseq.data.vocab import decode_text
+from diffuseq.samplers import NearestEmbedding, SamplerConfig, create_sampler, denoise
 from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.diffusion.respace import space_timesteps
 from diffuseq.diffusion.schedules import get_named_beta_schedule
@@ -175,7 +176,7 @@ CHAINS = load("chains.pt")
 def test_reverse_chain_matches_the_original_step_by_step(name, denoiser_fixture):
     case = CHAINS["cases"][name]
     steps, respacing, eta = _their_settings(case)
-    sampler = DiffusionSampler(SamplerConfig(steps, "sqrt", respacing, eta, case["clamp_step"],
+    sampler = create_sampler(SamplerConfig(steps, "sqrt", respacing, eta, case["clamp_step"],
                                              case["clip_denoised"]))
     assert [int(s) for s in sampler.process.timestep_map] == case["timestep_map"]
     model = tiny_model(CHAINS["state_dict"], denoiser_fixture["bert_config"]).eval().requires_grad_(False)

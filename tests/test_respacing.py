@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.decoding import NearestEmbedding, check_step_flag
+from diffuseq.decode import check_step_flag
+from diffuseq.samplers import NearestEmbedding
 from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.diffusion.respace import respaced_diffusion, space_timesteps
 from diffuseq.errors import UserError

@@ -91,6 +91,19 @@ def test_post_training_takes_the_architecture_from_its_checkpoint(trained, toy, 
     assert not (tmp_path / "other").exists()
 
 
+def test_post_training_from_a_folder_that_moved(trained, toy, tmp_path):
+    moved = tmp_path / "moved_again"
+    shutil.copytree(trained, moved)
+    args = json.loads((moved / "training_args.json").read_text())
+    args["config_name"] = str(tmp_path / "where_it_was")  # it names the folder before the move
+    (moved / "training_args.json").write_text(json.dumps(args))
+    post = tmp_path / "post"
+    trainer = train(parse_train_args(["--data_dir", str(toy), "--checkpoint_path", str(post), "--bsz", "8",
+                                      "--resume_checkpoint", str(tmp_path / "moved_again" / "model000010.pt"),
+                                      "--learning_steps", "11"]))
+    assert trainer.step == 11 and json.loads((post / "training_args.json").read_text())["num_layers"] == 2
+
+
 def test_the_same_post_training_command_continues_where_it_stopped(trained, toy, tmp_path):
     post = tmp_path / "post"
     flags = ["--data_dir", str(toy), "--checkpoint_path", str(post), "--resume_checkpoint",

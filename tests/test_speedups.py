@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from helpers import ROOT
 from torch import nn
 
-from diffuseq.decoding import blocked_argmin
+from diffuseq.samplers import blocked_argmin
 from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout
 from diffuseq.training import cross_entropy as losses
 from diffuseq.training.cross_entropy import token_cross_entropy
@@ -108,8 +108,7 @@ def test_forward_on_named_rows_equals_the_full_forward_there():
 
 
 ALLOCATION_LOOP = """
-import resource, sys, torch
-sys.path.insert(0, {root!r})
+import resource, torch
 from diffuseq.runtime import keep_freed_memory
 if {apply}:
     assert keep_freed_memory() and keep_freed_memory()

@@ -6,13 +6,13 @@ and on all padding (the model generates the padding, which decides the length).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..fileio import read_jsonl
 from .vocab import Vocabulary
 
 SPLITS = ("train", "valid", "test")
@@ -26,25 +26,13 @@ def read_jsonl_pairs(path: Path, max_examples: int | None = None) -> list[tuple[
     if not path.is_file():
         raise UserError(f"data file {path} does not exist")
     pairs = []
-    with path.open("rb") as handle:
-        for lineno, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                                f"{err.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("src"), str) \
-                    or not isinstance(record.get("trg"), str):
-                raise UserError(f"{path}:{lineno}: a line needs string fields \"src\" and \"trg\"")
-            pairs.append((record["src"], record["trg"]))
-            if max_examples is not None and len(pairs) >= max_examples:
-                break
+    for lineno, record in read_jsonl(path):
+        if not isinstance(record, dict) or not isinstance(record.get("src"), str) \
+                or not isinstance(record.get("trg"), str):
+            raise UserError(f"{path}:{lineno}: a line needs string fields \"src\" and \"trg\"")
+        pairs.append((record["src"], record["trg"]))
+        if max_examples is not None and len(pairs) >= max_examples:
+            break
     if not pairs:
         raise UserError(f"{path} holds no examples")
     return pairs
@@ -107,6 +95,23 @@ def encode_pairs(pairs: list[tuple[str, str]], vocab: Vocabulary, seq_len: int) 
     merged = [merge_and_mask(s, t, vocab.sep_id, vocab.pad_id, seq_len) for s, t in zip(src_ids, trg_ids)]
     return Seq2SeqData(torch.tensor([ids for ids, _ in merged], dtype=torch.long),
                        torch.tensor([mask for _, mask in merged], dtype=torch.long))
+
+
+def encode_sources(sources: list[str], vocab: Vocabulary, seq_len: int) -> Seq2SeqData:
+    """Sequences of source texts alone, to generate their targets: ``src [SEP]`` then padding (all generated).
+
+    The source is truncated as DiffuSeq truncates the longer side of a pair whose target is as
+    long as the source: one longer than about half of ``seq_len`` loses its end.
+    """
+    if seq_len < MIN_SEQ_LEN:
+        raise UserError(f"seq_len {seq_len} is too small to hold a source and a target")
+    ids_rows, mask_rows = [], []
+    for src in vocab.encode_batch(sources):
+        ids, mask = merge_and_mask(list(src), list(src), vocab.sep_id, vocab.pad_id, seq_len)
+        kept = len(mask) - sum(mask)  # the source and its [SEP]
+        ids_rows.append(ids[:kept] + [vocab.pad_id] * (seq_len - kept))
+        mask_rows.append(mask)
+    return Seq2SeqData(torch.tensor(ids_rows, dtype=torch.long), torch.tensor(mask_rows, dtype=torch.long))
 
 
 def load_split(data_dir: Path, split: str, vocab: Vocabulary, seq_len: int,

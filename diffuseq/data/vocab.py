@@ -10,12 +10,12 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import UserError
+from ..hf_cache import cached_snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ class Vocabulary:
 
     def save(self, folder: Path) -> None:
         raise NotImplementedError
+
+
+def decode_text(vocab: Vocabulary, ids: list[int]) -> str:
+    """DiffuSeq's ``decode_token``: trailing ``[PAD]`` ids removed, the rest decoded (inner pads kept)."""
+    end = len(ids)
+    while end and ids[end - 1] == vocab.pad_id:
+        end -= 1
+    return vocab.decode(ids[:end])
 
 
 class WordPieceVocab(Vocabulary):
@@ -131,11 +139,9 @@ class WordVocab(Vocabulary):
 
 def _hf_cached_bert_vocab() -> Path | None:
     """``vocab.txt`` of bert-base-uncased in the local Hugging Face cache, if any."""
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub")
-    for candidate in sorted(Path(hub).glob("models--bert-base-uncased/snapshots/*/vocab.txt")):
-        return candidate
-    return None
+    found = [snapshot / "vocab.txt" for snapshot in cached_snapshots("bert-base-uncased")
+             if (snapshot / "vocab.txt").is_file()]
+    return found[0] if found else None
 
 
 def load_vocab_from(path: Path) -> Vocabulary:

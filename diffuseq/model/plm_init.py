@@ -9,7 +9,6 @@ cache; nothing is downloaded.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..hf_cache import cached_snapshots
 from . import checkpoints as ckpt
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -26,9 +26,7 @@ _EMBEDDINGS = {"word_embeddings.weight": "word_embedding.weight",
 
 
 def _hub_snapshot(name: str) -> Path | None:
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub")
-    for snapshot in sorted(Path(hub).glob(f"models--{name.replace('/', '--')}/snapshots/*")):
+    for snapshot in cached_snapshots(name):
         if any((snapshot / f).is_file() for f in WEIGHT_FILES):
             return snapshot
     return None

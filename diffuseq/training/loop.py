@@ -80,8 +80,6 @@ class Trainer:
         self.step = 0
 
         precision = cfg.precision
-        if cfg.use_fp16 and precision == "fp32":
-            precision = "fp16" if device.type == "cuda" else "bf16"
         if precision == "fp16" and device.type != "cuda":
             logger.warning("fp16 autocast needs CUDA; using bf16 on %s", device.type)
             precision = "bf16"

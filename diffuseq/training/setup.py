@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import dist_util
-from ..config import TrainConfig
+from ..config import BERT_BASE_NAMES, TrainConfig
 from ..data import read_jsonl_pairs, split_path
 from ..data.vocab import Vocabulary, WordPieceVocab, build_vocab, load_vocab_from, train_wordpiece
 from ..errors import UserError
@@ -56,7 +56,6 @@ class RunPlan:
     resume: Path | None
     exact: bool  # continue the run of ``folder`` exactly (optimizer, data position, RNGs)
     vocab_folder: Path | None  # where the vocabulary already is (the run's folder or the source's)
-    new_folder: bool
 
 
 def _value(cfg: TrainConfig, key: str, folder: Path | None) -> Any:
@@ -104,10 +103,10 @@ def _adopt(cfg: TrainConfig, saved: TrainConfig, keys: tuple[str, ...], source: 
                 raise UserError(f"{flag} {_describe(key, mine)} but {source} says {_describe(key, theirs)} ({what})")
         if key == "config_name":
             encoder = saved.encoder_config(folder)
-            cfg.config_name = saved.config_name
+            stale = saved.config_name not in BERT_BASE_NAMES and not Path(saved.config_name).exists()
+            cfg.config_name = str(folder / "config.json") if stale else saved.config_name  # a folder that moved
             cfg.num_layers, cfg.num_heads = encoder.num_layers, encoder.num_heads
             cfg.hidden_size, cfg.intermediate_size = encoder.hidden_size, encoder.intermediate_size
-            cfg.config_folder = str(folder)
         elif key == "vocab":
             cfg.vocab, cfg.vocab_source = saved.vocab, saved.vocab_source
         else:
@@ -179,7 +178,7 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
     if vocab_folder is None and (args_file.is_file() or resume is not None):
         raise UserError(f"{(resume.parent if resume is not None else folder)} holds no vocabulary (vocab.txt or "
                         f"vocab.json)")
-    return RunPlan(cfg, folder, resume, exact, vocab_folder, not folder.exists())
+    return RunPlan(cfg, folder, resume, exact, vocab_folder)
 
 
 def _run_vocab(plan: RunPlan) -> Vocabulary:

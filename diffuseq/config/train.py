@@ -7,26 +7,24 @@ spellings (``--diff_steps``, ``--bsz``) are accepted as aliases.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .diffusion.schedules import NOISE_SCHEDULES
-from .errors import UserError
-from .model import EncoderConfig
-from .training.timesteps import TIMESTEP_SAMPLERS
+from ..diffusion.schedules import NOISE_SCHEDULES
+from .cli import build_parser, expand_app, option
+from ..errors import UserError
+from ..model import EncoderConfig
+from ..training.penalty import PENALTIES
+from ..training.timesteps import TIMESTEP_SAMPLERS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 BERT_BASE_NAMES = ("bert-base-uncased", "bert-base-cased", "bert-base")
-
-
-def _opt(default: Any, help: str, *aliases: str, choices: Sequence[str] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "aliases": aliases, "choices": choices})
 
 
 @dataclass
@@ -34,82 +32,81 @@ class TrainConfig:
     """Every training argument; serialised to ``training_args.json`` in the checkpoint folder."""
 
     # data and vocabulary
-    dataset: str = _opt("", "dataset name (used in the default checkpoint folder name)")
-    data_dir: str = _opt("", "folder with train.jsonl / valid.jsonl / test.jsonl")
-    vocab: str = _opt("bert", "'bert' (bert-base-uncased from the local HF cache), 'train' (build a WordPiece "
+    dataset: str = option("", "dataset name (used in the default checkpoint folder name)")
+    data_dir: str = option("", "folder with train.jsonl / valid.jsonl / test.jsonl")
+    vocab: str = option("bert", "'bert' (bert-base-uncased from the local HF cache), 'train' (build a WordPiece "
                               "vocabulary from the training split) or a path to a vocab file / tokenizer folder. "
                               "training_args.json keeps DiffuSeq's meaning: 'bert' for any WordPiece vocabulary "
                               "(read from the folder named by config_name), else the word-list path")
-    vocab_size: int = _opt(8000, "size of the vocabulary built by --vocab train (the actual size is saved)")
-    seq_len: int = _opt(128, "length of src [SEP] trg sequences, padding included")
+    vocab_size: int = option(8000, "size of the vocabulary built by --vocab train (the actual size is saved)")
+    seq_len: int = option(128, "length of src [SEP] trg sequences, padding included")
     # diffusion
-    diffusion_steps: int = _opt(2000, "number of diffusion steps T", "--diff_steps")
-    noise_schedule: str = _opt("sqrt", "noise schedule", choices=NOISE_SCHEDULES)
-    schedule_sampler: str = _opt("lossaware", "timestep sampling: uniform, lossaware (importance sampling by the "
+    diffusion_steps: int = option(2000, "number of diffusion steps T", "--diff_steps")
+    noise_schedule: str = option("sqrt", "noise schedule", choices=NOISE_SCHEDULES)
+    schedule_sampler: str = option("lossaware", "timestep sampling: uniform, lossaware (importance sampling by the "
                                               "loss), fixstep (DiffuSeq's: later half at half weight)",
                                  choices=TIMESTEP_SAMPLERS)
     # model
-    hidden_dim: int = _opt(128, "word embedding size (the space diffusion runs in)")
-    hidden_t_dim: int = _opt(128, "sinusoidal timestep embedding size")
-    config_name: str = _opt("bert-base-uncased", "encoder size: bert-base-uncased or a BERT config.json (or folder)")
-    num_layers: int | None = _opt(None, "override the encoder's number of layers")
-    num_heads: int | None = _opt(None, "override the encoder's number of attention heads")
-    hidden_size: int | None = _opt(None, "override the encoder's hidden size")
-    intermediate_size: int | None = _opt(None, "override the encoder's feed-forward size")
-    dropout: float = _opt(0.1, "dropout of the embeddings and encoder layers")
+    hidden_dim: int = option(128, "word embedding size (the space diffusion runs in)")
+    hidden_t_dim: int = option(128, "sinusoidal timestep embedding size")
+    config_name: str = option("bert-base-uncased", "encoder size: bert-base-uncased or a BERT config.json (or folder)")
+    num_layers: int | None = option(None, "override the encoder's number of layers")
+    num_heads: int | None = option(None, "override the encoder's number of attention heads")
+    hidden_size: int | None = option(None, "override the encoder's hidden size")
+    intermediate_size: int | None = option(None, "override the encoder's feed-forward size")
+    dropout: float = option(0.1, "dropout of the embeddings and encoder layers")
     # optimisation
-    lr: float = _opt(1e-4, "learning rate (see --lr_schedule)")
-    lr_schedule: str = _opt("", "'linear': decay to 0 over --learning_steps (DiffuSeq); 'constant' (Bridge-Gap, whose "
+    lr: float = option(1e-4, "learning rate (see --lr_schedule)")
+    lr_schedule: str = option("", "'linear': decay to 0 over --learning_steps (DiffuSeq); 'constant' (Bridge-Gap, whose "
                                 "annealing is commented out); default: constant with --simi_penalty, else linear",
                             choices=("", "linear", "constant"))
-    batch_size: int = _opt(2048, "batch size per process, as in DiffuSeq (the global batch is this times the "
+    batch_size: int = option(2048, "batch size per process, as in DiffuSeq (the global batch is this times the "
                                  "number of processes)", "--bsz")
-    microbatch: int = _opt(64, "examples per forward/backward pass (-1: the whole batch); as in DiffuSeq, the "
+    microbatch: int = option(64, "examples per forward/backward pass (-1: the whole batch); as in DiffuSeq, the "
                                "gradient is the sum of the microbatches' mean losses")
-    learning_steps: int = _opt(320000, "total optimizer steps")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    gradient_clipping: float = _opt(-1.0, "clip the gradient norm to this value (<= 0: off)")
-    ema_rate: str = _opt("0.9999", "comma-separated EMA rates")
-    use_fp16: bool = _opt(False, "mixed precision: fp16 autocast on CUDA (bf16 on a CPU)")
-    precision: str = _opt("fp32", "autocast precision (fp32 = off)", choices=("fp32", "bf16", "fp16"))
-    seed: int = _opt(101, "random seed")
-    max_bad_steps: int = _opt(10, "stop after this many consecutive steps with a non-finite loss or gradient")
+    learning_steps: int = option(320000, "total optimizer steps")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    gradient_clipping: float = option(-1.0, "clip the gradient norm to this value (<= 0: off)")
+    ema_rate: str = option("0.9999", "comma-separated EMA rates")
+    use_fp16: bool = option(False, "DiffuSeq's flag: the same as --precision fp16")
+    precision: str = option("fp32", "autocast precision (fp32 = off; fp16 runs as bf16 on a CPU)", choices=PRECISIONS)
+    seed: int = option(101, "random seed")
+    max_bad_steps: int = option(10, "stop after this many consecutive steps with a non-finite loss or gradient")
     # distance penalty post-training (Tang et al. 2023)
-    simi_penalty: str = _opt("", "distance penalty ('' = off)",
-                             choices=("", "l2", "l2_noise", "l2_noise_random", "cosine", "kl"))
-    simi_lambda: float = _opt(-2.0, "penalty weight: <= 0 for l2* (penalty -lambda * distance), >= 0 for kl, either "
+    simi_penalty: str = option("", "distance penalty ('' = off)", choices=("", *PENALTIES))
+    simi_lambda: float = option(-2.0, "penalty weight: <= 0 for l2* (penalty -lambda * distance), >= 0 for kl, either "
                                      "sign for cosine (as Bridge-Gap)")
-    simi_step: int = _opt(10, "neighbour offset: t +- simi_step for l2 / cosine, teacher t - simi_step for kl")
-    simi_noise: float = _opt(0.05, "noise-level window for l2_noise / l2_noise_random")
+    simi_step: int = option(10, "neighbour offset: t +- simi_step for l2 / cosine, teacher t - simi_step for kl")
+    simi_noise: float = option(0.05, "noise-level window for l2_noise / l2_noise_random")
     # bookkeeping
-    checkpoint_path: str = _opt("", "output folder (default: a name from the main flags under diffusion_models/)")
-    resume_checkpoint: str = _opt("", "modelNNNNNN.pt / ema_<rate>_NNNNNN.pt to start from ('none': from scratch), "
+    checkpoint_path: str = option("", "output folder (default: a name from the main flags under diffusion_models/)")
+    resume_checkpoint: str = option("", "modelNNNNNN.pt / ema_<rate>_NNNNNN.pt to start from ('none': from scratch), "
                                       "or 'auto' for the newest complete checkpoint in --checkpoint_path. In the "
                                       "same folder the run continues exactly; from another folder (post-training) "
                                       "it takes the weights and EMA and starts a fresh optimizer, as DiffuSeq")
-    save_interval: int = _opt(50000, "save a checkpoint every this many steps (and at the end)")
-    log_interval: int = _opt(20, "log the losses every this many steps")
-    eval_interval: int = _opt(1000, "compute the validation loss every this many steps (<= 0: never)")
-    notes: str = _opt("", "free text, part of the default folder name")
-    wandb: bool = _opt(False, "log to Weights & Biases (also when WANDB_MODE is set)")
-    use_plm_init: str = _opt("no", "'bert': start the word embeddings, position embeddings and encoder from BERT "
+    save_interval: int = option(50000, "save a checkpoint every this many steps (and at the end)")
+    log_interval: int = option(20, "log the losses every this many steps")
+    eval_interval: int = option(1000, "compute the validation loss every this many steps (<= 0: never)")
+    notes: str = option("", "free text, part of the default folder name")
+    wandb: bool = option(False, "log to Weights & Biases (also when WANDB_MODE is set)")
+    use_plm_init: str = option("no", "'bert': start the word embeddings, position embeddings and encoder from BERT "
                                    "weights (the folder named by --config_name, or bert-base-uncased in the local "
                                    "Hugging Face cache)", choices=("no", "bert"))
     vocab_source: str = ""  # the --vocab flag the folder's vocabulary came from ("vocab" keeps DiffuSeq's meaning)
     # DiffuSeq / Bridge-Gap settings that this project supports at one value only (see FIXED_SETTINGS)
-    timestep_respacing: str = _opt("", "fixed: training uses all T steps (respacing is a decoding option)")
-    learn_sigma: bool = _opt(False, "fixed: False")
-    predict_xstart: bool = _opt(True, "fixed: True")
-    rescale_timesteps: bool = _opt(True, "fixed: True")
-    sigma_small: bool = _opt(False, "fixed: False (a training key of DiffuSeq; see sample_seq2seq.py --sigma_small)")
-    rescale_learned_sigmas: bool = _opt(False, "fixed: False")
-    use_kl: bool = _opt(False, "fixed: False")
-    emb_scale_factor: float = _opt(1.0, "fixed: 1.0")
-    fp16_scale_growth: float = _opt(0.001, "fixed: 0.001 (fp16 here uses torch's GradScaler)")
-    near_step: int = _opt(0, "Bridge-Gap's near/far penalty: not supported (0)")
-    far_step: int = _opt(0, "Bridge-Gap's near/far penalty: not supported (0)")
-    near_lambda: float = _opt(0.0, "Bridge-Gap's near/far penalty: not supported (0)")
-    far_lambda: float = _opt(0.0, "Bridge-Gap's near/far penalty: not supported (0)")
+    timestep_respacing: str = option("", "fixed: training uses all T steps (respacing is a decoding option)")
+    learn_sigma: bool = option(False, "fixed: False")
+    predict_xstart: bool = option(True, "fixed: True")
+    rescale_timesteps: bool = option(True, "fixed: True")
+    sigma_small: bool = option(False, "fixed: False (a training key of DiffuSeq; see sample_seq2seq.py --sigma_small)")
+    rescale_learned_sigmas: bool = option(False, "fixed: False")
+    use_kl: bool = option(False, "fixed: False")
+    emb_scale_factor: float = option(1.0, "fixed: 1.0")
+    fp16_scale_growth: float = option(0.001, "fixed: 0.001 (fp16 here uses torch's GradScaler)")
+    near_step: int = option(0, "Bridge-Gap's near/far penalty: not supported (0)")
+    far_step: int = option(0, "Bridge-Gap's near/far penalty: not supported (0)")
+    near_lambda: float = option(0.0, "Bridge-Gap's near/far penalty: not supported (0)")
+    far_lambda: float = option(0.0, "Bridge-Gap's near/far penalty: not supported (0)")
     # the flags given on the command line (not saved): what a checkpoint's settings may not contradict
     given: frozenset = field(default=frozenset(), repr=False, compare=False, metadata={"internal": True})
 
@@ -120,6 +117,10 @@ class TrainConfig:
         for name, (value, why) in FIXED_SETTINGS.items():
             if getattr(self, name) != value:
                 raise UserError(f"--{name} {getattr(self, name)} is not supported: {why}")
+        if self.use_fp16:
+            if self.precision not in ("fp32", "fp16"):
+                raise UserError(f"--use_fp16 (fp16) contradicts --precision {self.precision}")
+            self.precision = "fp16"
         if self.resume_checkpoint.lower() == "none":
             self.resume_checkpoint = ""
         if self.diffusion_steps < 2:
@@ -251,60 +252,9 @@ FIXED_SETTINGS: dict[str, tuple[Any, str]] = {
 }
 
 
-class CliArgumentParser(argparse.ArgumentParser):
-    """argparse that reports errors through ``UserError`` (one line, no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{message} (see --help)")
-
-
-def _str2bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "y"):
-        return True
-    if text.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
-
-
-def build_parser(cls: type = TrainConfig, description: str = "") -> argparse.ArgumentParser:
-    """A parser with one option per field that carries help (aliases and choices from the metadata).
-
-    Options have no argparse defaults, so the parsed namespace holds exactly the flags given;
-    the defaults are the dataclass's (shown in the help).
-    """
-    parser = CliArgumentParser(description=description, argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if "help" not in meta:
-            continue
-        names = [f"--{f.name}", *meta.get("aliases", ())]
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        text = f"{meta['help']} (default: {f.default!r})"
-        if kind == "bool":
-            parser.add_argument(*names, dest=f.name, type=_str2bool, nargs="?", const=True, help=text)
-        else:
-            conv = {"int": int, "float": float, "str": str, "int | None": int}[kind]
-            parser.add_argument(*names, dest=f.name, type=conv, help=text, choices=meta.get("choices"))
-    return parser
-
-
-def expand_app(argv: Sequence[str]) -> list[str]:
-    """DiffuSeq's ``--app "FLAGS"`` (extra flags in one string) spliced into the command line."""
-    out, args = [], list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--app" and args:
-            out += shlex.split(args.pop(0))
-        elif arg.startswith("--app="):
-            out += shlex.split(arg[len("--app="):])
-        else:
-            out.append(arg)
-    return out
-
-
 def parse_train_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse ``run_train.py``'s command line into a validated config."""
-    parser = build_parser(description="Train (or post-train) a DiffuSeq diffusion model.")
+    parser = build_parser(TrainConfig, "Train (or post-train) a DiffuSeq diffusion model.")
     given = vars(parser.parse_args(expand_app(argv if argv is not None else sys.argv[1:])))
     cfg = TrainConfig.from_dict(given)
     cfg.given = frozenset(given)

@@ -1,0 +1,147 @@
+"""The Python API: load a checkpoint (ours or DiffuSeq's) and generate text, in a notebook or a script.
+
+    from diffuseq import Seq2SeqDiffusion
+
+    model = Seq2SeqDiffusion.from_checkpoint("diffusion_models/run/ema_0.9999_050000.pt")
+    texts = model.generate(["how can i be a good geologist?"], respacing="adp_20", seed=10)
+    per_seed = model.generate(sources, respacing="adp_20", seeds=[10, 11])      # one list per seed
+    result = model.generate(sources, respacing="adp_20", return_x0=True)        # texts + every x_0
+
+The command-line decoder (``sample_seq2seq.py``) is a layer over this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .config import TrainConfig
+from .data import Seq2SeqData, encode_sources
+from .data.vocab import Vocabulary, decode_text
+from .model.checkpoints import load_checkpoint
+from .runtime import keep_freed_memory_on
+from .samplers import ExampleNoise, NearestEmbedding, ReverseSampler, SamplerConfig, create_sampler, denoise
+
+logger = logging.getLogger(__name__)
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Generation:
+    """What ``generate(..., return_x0=True)`` returns: the texts, and the x_0 prediction of every step
+    (each ``[len(sources), seq_len, hidden_dim]``, as the step used it, clamped) per seed."""
+
+    texts: list[list[str]]
+    x0: list[list[torch.Tensor]]
+
+
+class Seq2SeqDiffusion:
+    """A trained denoiser with its vocabulary and diffusion settings, ready to decode."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, vocab: Vocabulary, device: torch.device,
+                 dtype: str = "fp32", checkpoint: Path | None = None) -> None:
+        if dtype == "fp16" and device.type != "cuda":
+            from .errors import UserError
+
+            raise UserError("--dtype fp16 needs a CUDA device; use bf16 on a CPU")
+        self.model, self.config, self.vocab, self.device = model, config, vocab, device
+        self.checkpoint = checkpoint
+        self.dtype = dtype
+        embeddings = model.word_embedding.weight.detach()
+        autocast_dtype = AUTOCAST[dtype]
+        self.clamp = NearestEmbedding(embeddings.to(autocast_dtype) if autocast_dtype else embeddings)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
+                        dtype: str = "fp32") -> "Seq2SeqDiffusion":
+        """Load ``modelNNNNNN.pt`` / ``ema_<rate>_NNNNNN.pt`` with the ``training_args.json`` and vocabulary
+        of its folder; ``device`` defaults to CUDA when available; ``dtype`` is the network's autocast."""
+        device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        keep_freed_memory_on(device)
+        config, vocab, model = load_checkpoint(Path(path), device)
+        return cls(model, config, vocab, device, dtype, Path(path))
+
+    @property
+    def num_timesteps(self) -> int:
+        """T, the number of diffusion steps the model was trained with."""
+        return self.config.diffusion_steps
+
+    def sampler(self, respacing: str = "", eta: float = -1.0, clamp_step: int = 0, top_p: float = 0.0,
+                clip_denoised: bool = False, sigma_small: bool = False, sampler: str = "") -> ReverseSampler:
+        """A reverse sampler over this model's schedule (see :class:`diffuseq.samplers.SamplerConfig`)."""
+        return create_sampler(SamplerConfig(self.config.diffusion_steps, self.config.noise_schedule, respacing, eta,
+                                            clamp_step, clip_denoised, top_p, sigma_small, sampler))
+
+    @torch.inference_mode()
+    def decode_data(self, data: Seq2SeqData, sampler: ReverseSampler, seed: int, indices: range | None = None,
+                    batch_size: int = 64, show_progress: bool = False,
+                    trajectory: list[torch.Tensor] | None = None) -> list[dict[str, str]]:
+        """Decode examples ``indices`` (default: all) of ``data`` with ``seed``: one record per example, in
+        input order, as DiffuSeq writes them (``recover``, ``reference``, ``source``).
+
+        Each example's noise comes from its own generator seeded by (seed, example index), so the
+        text does not depend on ``batch_size`` or on which process decodes it. ``trajectory`` (if
+        given) receives each step's x_0 prediction of all the examples, in order.
+        """
+        indices = indices if indices is not None else range(len(data))
+        starts = range(indices.start, indices.stop, batch_size)
+        bar = None
+        if show_progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(starts) * sampler.num_steps, desc=f"seed {seed}", unit="step", dynamic_ncols=True)
+        autocast_dtype = AUTOCAST[self.dtype]
+        autocast = torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+        records, steps = [], []
+        for start in starts:
+            stop = min(start + batch_size, indices.stop)
+            ids = data.input_ids[start:stop].to(self.device)
+            mask = data.input_mask[start:stop].to(self.device)
+            x_start = self.model.get_embeds(ids)
+            noise = ExampleNoise(seed, range(start, stop), tuple(x_start.shape[1:]), self.device)
+            batch_steps: list[torch.Tensor] | None = [] if trajectory is not None else None
+            with autocast:
+                x0 = denoise(self.model, sampler, x_start, mask, noise, self.clamp,
+                             on_step=bar.update if bar is not None else None, trajectory=batch_steps)
+                tokens = self.model.get_logits(x0).argmax(dim=-1)
+            if batch_steps is not None:
+                steps.append(batch_steps)
+            for row_ids, row_tokens, row_mask in zip(ids.tolist(), tokens.tolist(), mask.tolist()):
+                src_len = len(row_mask) - sum(row_mask)
+                records.append({"recover": decode_text(self.vocab, row_tokens[src_len:]),
+                                "reference": decode_text(self.vocab, row_ids[src_len:]),
+                                "source": decode_text(self.vocab, row_ids[:src_len])})
+        if bar is not None:
+            bar.close()
+        if trajectory is not None and steps:
+            trajectory.extend(torch.cat([batch[i] for batch in steps]).float().cpu() for i in range(len(steps[0])))
+        return records
+
+    def generate(self, sources: Sequence[str], respacing: str = "adp_20", seed: int = 10,
+                 seeds: Sequence[int] | None = None, batch_size: int = 64, eta: float = -1.0,
+                 clamp_step: int = 0, top_p: float = 0.0, clip_denoised: bool = False, sigma_small: bool = False,
+                 sampler: str = "", return_x0: bool = False) -> list[str] | list[list[str]] | Generation:
+        """Generate one text per source.
+
+        With ``seeds`` the result is one list per seed; with ``return_x0`` a :class:`Generation`
+        holding the texts (per seed) and every step's x_0 prediction. Sources are encoded as
+        DiffuSeq encodes the source side; one longer than half of ``seq_len`` is truncated.
+        """
+        data = encode_sources(list(sources), self.vocab, self.config.seq_len)
+        reverse = self.sampler(respacing, eta, clamp_step, top_p, clip_denoised, sigma_small, sampler)
+        texts, x0s = [], []
+        for one_seed in (list(seeds) if seeds is not None else [seed]):
+            trajectory: list[torch.Tensor] | None = [] if return_x0 else None
+            records = self.decode_data(data, reverse, one_seed, batch_size=batch_size, trajectory=trajectory)
+            texts.append([record["recover"] for record in records])
+            x0s.append(trajectory or [])
+        if return_x0:
+            return Generation(texts, x0s)
+        return texts if seeds is not None else texts[0]

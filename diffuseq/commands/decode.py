@@ -1,0 +1,67 @@
+"""Decode with a trained checkpoint: a data split into one jsonl file per seed, or a file of source lines.
+
+    python sample_seq2seq.py --model_path CKPT_DIR/ema_0.9999_050000.pt --step 2000 --batch_size 16 \\
+        --seed2 10 --split test --out_dir generation_outputs --decode_respacing adp_20
+    torchrun --nproc_per_node=4 sample_seq2seq.py ... --seeds 10,11,12     # ranks split the inputs
+    python sample_seq2seq.py --model_path ... --decode_respacing adp_20 --input sources.txt --output out.txt
+
+Outputs of a split go where DiffuSeq puts them: <out_dir>/<checkpoint folder>/<checkpoint file>.samples/,
+one file per seed named as Bridge-Gap names it (seed<S>_step<step>_eta<eta>_respace_<spacing>_<split>_...json).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .. import dist_util
+from ..api import Seq2SeqDiffusion
+from ..config import DecodeConfig, parse_decode_args
+from ..decode import check_step_flag, run_decode
+from ..errors import UserError, run_cli
+from ..fileio import atomic_write_text
+from ..runtime import keep_freed_memory_on, start_command
+
+
+def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
+    """``--input``: generate one line per source line, into ``--output`` (one file per seed) or stdout."""
+    try:
+        sources = Path(config.input).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--input {config.input}: cannot read it as UTF-8 text ({err})") from None
+    if not sources:
+        raise UserError(f"--input {config.input} holds no lines")
+    respacing, eta = check_step_flag(config.step, api.num_timesteps, config.decode_respacing, config.eta)
+    seeds = config.seed_list()
+    texts = api.generate(sources, respacing, seeds=seeds, batch_size=config.batch_size, eta=eta,
+                         clamp_step=config.clamp_step, top_p=config.top_p, clip_denoised=config.clip_denoised,
+                         sigma_small=config.sigma_small, sampler=config.sampler or ("ddim" if eta >= 0 else ""))
+    for seed, lines in zip(seeds, texts):
+        text = "".join(line + "\n" for line in lines)
+        if not config.output:
+            sys.stdout.write(text)
+            continue
+        out = Path(config.output)
+        if len(seeds) > 1:
+            out = out.with_name(f"{out.stem}.seed{seed}{out.suffix}")
+        atomic_write_text(text, out)
+
+
+def main() -> int:
+    start_command()
+    config = parse_decode_args(sys.argv[1:])
+    device = dist_util.setup()
+    keep_freed_memory_on(device)
+    try:
+        if config.input:
+            decode_lines(config, Seq2SeqDiffusion.from_checkpoint(config.model_path, device, config.dtype))
+        else:
+            run_decode(config)
+        return 0
+    finally:
+        dist_util.cleanup()
+
+
+def run() -> None:
+    """The ``diffuseq-decode`` console script."""
+    run_cli(main)

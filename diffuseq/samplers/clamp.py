@@ -1,0 +1,62 @@
+"""Clamping ("rounding"): replacing x_0 predictions by their nearest word embedding, fast on a CPU."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+ARGMIN_BLOCK = 64  # vocabulary entries per block of the two-pass argmin
+
+
+def blocked_argmin(scores: torch.Tensor, block: int = ARGMIN_BLOCK) -> torch.Tensor:
+    """``scores.argmin(-1)`` of a [M, V] tensor with V a multiple of ``block``, in two vectorised passes.
+
+    The minimum of each block of ``block`` columns first, then the first block
+    holding the row's minimum, then the first minimum inside that block: the
+    same index as ``torch.argmin`` (ties go to the first column), but about 4x
+    faster on a CPU, whose argmin kernel is not vectorised.
+    """
+    rows, vocab = scores.shape
+    blocks = scores.view(rows, vocab // block, block)
+    best_block = blocks.amin(dim=-1).argmin(dim=-1)
+    inside = blocks[torch.arange(rows, device=scores.device), best_block].argmin(dim=-1)
+    return best_block * block + inside
+
+
+class NearestEmbedding:
+    """Replace vectors by their nearest vocabulary embedding (L2), without a [V x N x d] tensor.
+
+    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): a matmul and an
+    argmin, ``ROWS`` vectors at a time so that their scores stay in the cache between
+    the matmul and the two passes of the argmin. The vocabulary is padded to a
+    multiple of ``ARGMIN_BLOCK`` with entries at infinite distance, never chosen.
+    """
+
+    ROWS = 128
+
+    def __init__(self, embeddings: torch.Tensor) -> None:
+        self.embeddings = embeddings
+        vocab, dim = embeddings.shape
+        padded = -(-vocab // ARGMIN_BLOCK) * ARGMIN_BLOCK
+        sq_norms = torch.full((padded,), math.inf, device=embeddings.device)
+        sq_norms[:vocab] = embeddings.float().pow(2).sum(-1)
+        self.sq_norms = sq_norms.to(embeddings.dtype)
+        scaled = embeddings.new_zeros(padded, dim)
+        scaled[:vocab] = embeddings * -2  # exact: a power of two
+        self.scaled_t = scaled.t().contiguous()
+
+    def nearest_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """Ids of the nearest embeddings of the vectors in ``x`` [..., d] (shape [...])."""
+        flat = x.reshape(-1, x.size(-1)).to(self.embeddings.dtype)
+        ids = torch.empty(flat.size(0), dtype=torch.long, device=flat.device)
+        scores = flat.new_empty(min(self.ROWS, flat.size(0)), self.scaled_t.size(1))
+        for start in range(0, flat.size(0), self.ROWS):
+            rows = flat[start:start + self.ROWS]
+            block = torch.mm(rows, self.scaled_t, out=scores[:rows.size(0)]).add_(self.sq_norms)
+            ids[start:start + rows.size(0)] = blocked_argmin(block)
+        return ids.view(x.shape[:-1])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embeddings[self.nearest_ids(x)].to(x.dtype)

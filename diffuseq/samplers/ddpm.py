@@ -1,0 +1,27 @@
+"""DDPM ancestral sampling as DiffuSeq's ``p_sample``: the posterior mean plus fixed-large noise."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from .base import ReverseSampler, SamplerConfig
+
+
+class DDPMSampler(ReverseSampler):
+    """DiffuSeq's reverse step: noise with the fixed-large variance (``sigma_small``: the posterior
+    variance), truncated to ``|z| <= top_p`` when ``top_p > 0``; none at t = 0."""
+
+    name = "ddpm"
+
+    def __init__(self, config: SamplerConfig) -> None:
+        if config.eta >= 0:
+            raise UserError(f"--sampler ddpm takes no --eta (got {config.eta}); --eta >= 0 selects DDIM")
+        super().__init__(config)
+
+    @property
+    def noise_top_p(self) -> float:
+        return self.config.top_p
+
+    def step(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.process.ddpm_step(x_t, self._t(index, x_t), pred_x0, noise, sigma_small=self.config.sigma_small)

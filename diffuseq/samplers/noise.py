@@ -1,0 +1,33 @@
+"""The noise of a decode: one generator per example, so the text does not depend on batching."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+class ExampleNoise:
+    """Gaussian noise drawn from one generator per example, seeded by (seed, example index)."""
+
+    def __init__(self, seed: int, indices: Iterable[int], shape: tuple[int, ...], device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.generators = [torch.Generator().manual_seed((seed * 1_000_003 + int(i)) % (2**63 - 1)) for i in indices]
+        self.shape, self.device, self.dtype = shape, device, dtype
+
+    def draw(self, top_p: float = 0.0) -> torch.Tensor:
+        """The next draw of every example, stacked into [B, *shape].
+
+        With ``top_p > 0``, entries with ``|z| > top_p`` are drawn again (from the same
+        example's generator) until none is left, as DiffuSeq's ``p_sample``.
+        """
+        draws = []
+        for gen in self.generators:
+            z = torch.randn(self.shape, generator=gen)
+            if top_p > 0:
+                outside = z.abs() > top_p
+                while outside.any():
+                    z[outside] = torch.randn(int(outside.sum()), generator=gen)
+                    outside = z.abs() > top_p
+            draws.append(z)
+        return torch.stack(draws).to(self.device, self.dtype)

@@ -1,0 +1,83 @@
+"""The Python API, the plain-text command line, the decode configuration saved beside the outputs, and the
+README's example run as written."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from diffuseq import DecodeConfig, Generation, Seq2SeqDiffusion
+from diffuseq.config import parse_train_args
+from diffuseq.data import encode_sources
+from diffuseq.decode import run_decode
+from diffuseq.samplers import sampler_from_config
+from diffuseq.training.setup import train
+from helpers import ROOT, make_toy_dataset, run_script, tiny_args
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    data = make_toy_dataset(root / "toy", n_test=5)
+    train(parse_train_args(tiny_args(data, root / "run", learning_steps=20, save_interval=20, lr=3e-3)))
+    return root / "run" / "ema_0.9999_000020.pt"
+
+
+def test_generate_one_text_per_source_and_per_seed(checkpoint):
+    model = Seq2SeqDiffusion.from_checkpoint(checkpoint, device="cpu")
+    sources = ["the cat sat on", "red house", "a big dog ran to the sea"]
+    texts = model.generate(sources, respacing="adp_10", seed=3)
+    assert isinstance(texts, list) and len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert model.generate(sources, respacing="adp_10", seed=3, batch_size=1) == texts  # batching changes nothing
+    per_seed = model.generate(sources, respacing="adp_10", seeds=[3, 4])
+    assert len(per_seed) == 2 and per_seed[0] == texts
+    result = model.generate(sources[:2], respacing="10", seeds=[3], return_x0=True)
+    assert isinstance(result, Generation) and len(result.x0[0]) == 10
+    assert result.x0[0][0].shape == (2, 16, 16)
+    # clamped at every step: each target position of each x_0 is a word embedding
+    embeddings = model.model.word_embedding.weight.detach()
+    target = encode_sources(sources[:2], model.vocab, 16).input_mask.bool()
+    last = result.x0[0][-1][target]
+    assert (last[:, None, :] - embeddings[None]).abs().amax(-1).min(-1).values.max() == 0
+
+
+def test_a_decode_saves_its_config_and_sampler_beside_the_outputs(checkpoint, tmp_path):
+    config = DecodeConfig(model_path=str(checkpoint), decode_respacing="adp_10", split="test", seeds="1,2",
+                          out_dir=str(tmp_path), evaluate=True, clamp_step=2)
+    config.validate()
+    run = run_decode(config)
+    meta = json.loads(run.meta.read_text())
+    assert DecodeConfig.load(run.meta) == config
+    sampler = sampler_from_config(meta["settings"]["sampler"])
+    assert (sampler.name, sampler.num_steps, sampler.config.clamp_step) == ("ddpm", 10, 2)
+    scores = json.loads((run.out_dir / f"decode_{run.name}.eval.json").read_text())
+    assert scores == run.scores and len(scores["files"]) == 2 and scores["diversity"] is not None
+
+
+def test_plain_text_in_and_out(checkpoint, tmp_path):
+    (tmp_path / "sources.txt").write_text("the cat sat on\nred house\n")
+    out = tmp_path / "out.txt"
+    args = ["--model_path", str(checkpoint), "--decode_respacing", "adp_10", "--input", str(tmp_path / "sources.txt")]
+    result = run_script("sample_seq2seq.py", args + ["--output", str(out), "--seeds", "3,4"])
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in tmp_path.glob("out.seed*.txt"))
+    assert files == ["out.seed3.txt", "out.seed4.txt"]
+    lines = (tmp_path / "out.seed3.txt").read_text().splitlines()
+    model = Seq2SeqDiffusion.from_checkpoint(checkpoint, device="cpu")
+    assert lines == model.generate(["the cat sat on", "red house"], respacing="adp_10", seed=3)
+    printed = run_script("sample_seq2seq.py", args + ["--seed2", "3"])
+    assert printed.returncode == 0 and printed.stdout.splitlines() == lines
+
+
+def test_the_readme_api_example_runs_as_written(checkpoint):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "from diffuseq import Seq2SeqDiffusion" in code
+    path = re.search(r'from_checkpoint\("([^"]+)"', code).group(1)
+    namespace: dict = {}
+    exec(compile(code.replace(path, str(checkpoint)), "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["texts"] and all(isinstance(t, str) for t in namespace["texts"])
+    assert len(namespace["per_seed"]) == 2
