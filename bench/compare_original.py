@@ -56,6 +56,7 @@ def ours(task: str, steps: int, warmup: int) -> float:
     from decode_bench import parser as decode_parser
     from decode_bench import time_decode
     from train_bench import bench
+    from train_bench import parser as train_parser
 
     from diffuseq.runtime import keep_freed_memory
 
@@ -65,7 +66,7 @@ def ours(task: str, steps: int, warmup: int) -> float:
         args = decode_parser().parse_args(["--respacing", "adp_20", "--repeats", "2"])
         result = time_decode(args)
         return result["total"] / result["steps"]
-    args = argparse.Namespace(**CONFIG, sampler="uniform", precision="fp32", warmup=warmup, steps=steps)
+    args = train_parser().parse_args(["--warmup", str(warmup), "--steps", str(steps)])
     with tempfile.TemporaryDirectory() as tmp:
         return bench(args, task == "post", Path(tmp))["s_per_step"]
 

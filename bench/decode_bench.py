@@ -9,6 +9,7 @@ layer and the clamping run on the target positions only, so the source share mov
     python bench/decode_bench.py --respacing adp_20 --dtype bf16
     python bench/decode_bench.py --respacing ""            # all 2000 steps
     python bench/decode_bench.py --source_len 16           # a quarter of each sequence is source
+    python bench/decode_bench.py --respacing 10 --sampler dpm++ --self_cond
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from contextlib import nullcontext
 import torch
 from common import peak_memory_mb
 
-from diffuseq.samplers import ExampleNoise, NearestEmbedding, SamplerConfig, create_sampler, denoise
+from diffuseq.samplers import SAMPLERS, ExampleNoise, NearestEmbedding, SamplerConfig, create_sampler, denoise
 from diffuseq.model import EncoderConfig, TransformerNetModel
 from diffuseq.runtime import keep_freed_memory
 
@@ -32,9 +33,11 @@ def time_decode(args: argparse.Namespace) -> dict[str, float]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = TransformerNetModel(args.vocab_size, args.hidden_dim, args.hidden_dim, 0.1,
-                                EncoderConfig(args.layers, args.hidden, args.heads, args.ffn)).to(device).eval()
+                                EncoderConfig(args.layers, args.hidden, args.heads, args.ffn),
+                                self_cond=args.self_cond).to(device).eval()
     model.requires_grad_(False)
-    sampler = create_sampler(SamplerConfig(args.diff_steps, "sqrt", args.respacing))
+    sampler = create_sampler(SamplerConfig(args.diff_steps, "sqrt", args.respacing, sampler=args.sampler,
+                                           eta=0.0 if args.sampler == "ddim" else -1.0))
     dtype = DTYPES[args.dtype]
     embeddings = model.word_embedding.weight.detach()
     clamp = None if args.no_clamp else NearestEmbedding(embeddings.to(dtype) if dtype else embeddings)
@@ -73,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--source_len", type=int, default=None,
                         help="source positions at the start of each sequence (default: half of seq_len)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    parser.add_argument("--self_cond", action="store_true", help="a self-conditioned denoiser")
     parser.add_argument("--no_clamp", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed decodes of the batch (median reported)")
@@ -88,7 +93,7 @@ def main() -> None:
     print(f"config: {args.layers} layers / {args.hidden} / {args.heads} heads / {args.ffn}, seq_len {args.seq_len}, "
           f"hidden_dim {args.hidden_dim}, T {args.diff_steps}, vocab {args.vocab_size}, batch {args.batch}, "
           f"{r['source_len']} source positions, "
-          f"respacing {args.respacing or 'all'} ({steps} steps), clamp {'off' if args.no_clamp else 'every step'}, "
+          f"{args.sampler}{' self_cond' if args.self_cond else ''}, respacing {args.respacing or 'all'} ({steps} steps), clamp {'off' if args.no_clamp else 'every step'}, "
           f"{args.dtype}, {args.threads} thread(s), {r['device']}")
     print(f"per denoising step: {1000 * total / steps:.1f} ms (network {1000 * r['network'] / steps:.1f} ms, "
           f"clamping {1000 * r['clamp'] / steps:.1f} ms)")

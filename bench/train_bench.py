@@ -2,11 +2,13 @@
 
 Default configuration (the issue's reference point): seq_len 64, hidden_dim 128, hidden_t_dim 128,
 BERT encoder 4 layers / 256 / 4 heads / 1024, T 2000 sqrt, batch 32, an 8,000-word vocabulary,
-dropout 0.1, one torch thread. ``--penalty`` adds the distance penalty (l2_noise_random, lambda -2).
+dropout 0.1, one torch thread. ``--penalty`` adds the distance penalty (l2_noise_random, lambda -2);
+``--self_cond`` trains a self-conditioned denoiser.
 
     python bench/train_bench.py                       # plain loss
     python bench/train_bench.py --penalty             # with the distance penalty
     python bench/train_bench.py --both                # both, one after the other
+    python bench/train_bench.py --both --self_cond    # both, self-conditioned
     python bench/train_bench.py --layers 12 --hidden 768 --heads 12 --ffn 3072 --seq_len 128   # bert-base
 """
 
@@ -38,6 +40,8 @@ def bench(args: argparse.Namespace, penalty: bool, work: Path) -> dict[str, floa
              f"--precision {args.precision} --checkpoint_path {work / 'ck'}")
     if penalty:
         flags += " --simi_penalty l2_noise_random --simi_lambda -2 --simi_noise 0.05"
+    if args.self_cond:
+        flags += " --self_cond"
     cfg = parse_train_args(flags.split())
     vocab = load_vocab_from(data / "vocab.txt")
     cfg.vocab_size = vocab.size
@@ -56,7 +60,7 @@ def bench(args: argparse.Namespace, penalty: bool, work: Path) -> dict[str, floa
     return {"s_per_step": median, "samples_per_s": args.batch / median, "peak_mb": peak_memory_mb(device)}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=256)
@@ -72,7 +76,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--penalty", action="store_true", help="with the distance penalty")
     parser.add_argument("--both", action="store_true", help="without, then with the distance penalty")
-    args = parser.parse_args()
+    parser.add_argument("--self_cond", action="store_true", help="a self-conditioned denoiser")
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     keep_freed_memory()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -83,8 +92,8 @@ def main() -> None:
     for penalty in ((False, True) if args.both else (args.penalty,)):
         with tempfile.TemporaryDirectory() as tmp:
             result = bench(args, penalty, Path(tmp))
-        label = "l2_noise_random penalty" if penalty else "plain loss"
-        print(f"{label:>24}: {result['s_per_step']:.3f} s/step, {result['samples_per_s']:.1f} samples/s, "
+        label = ("l2_noise_random penalty" if penalty else "plain loss") + (", self_cond" if args.self_cond else "")
+        print(f"{label:>34}: {result['s_per_step']:.3f} s/step, {result['samples_per_s']:.1f} samples/s, "
               f"peak memory {result['peak_mb']:.0f} MB")
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 
 from .errors import UserError
 
 
 @dataclass
 class Row:
-    """One decode of one model: quality, number of denoising steps and wall time per seed."""
+    """One decode of one model: quality (mean over seeds), number of denoising steps (= network
+    evaluations) and wall time per seed."""
 
     model: str
     decoding: str
@@ -24,6 +25,8 @@ class Row:
     seconds: float
     self_bleu: float | None = None
     speedup: float | None = None
+    sampler: str = "ddpm"
+    bleu_std: float | None = None  # the sample standard deviation of BLEU over seeds (two or more)
 
 
 def load_row(model: str, decoding: str, decode_dir: Path, eval_json: Path) -> Row:
@@ -38,16 +41,18 @@ def load_row(model: str, decoding: str, decode_dir: Path, eval_json: Path) -> Ro
         raise UserError(f"cannot read results for {model} / {decoding}: {err}") from None
     files = list(scores["files"].values())
     diversity = scores.get("diversity") or {}
+    bleus = [f["bleu"] for f in files]
     return Row(model=model, decoding=decoding, steps=int(meta["denoising_steps"]),
-               bleu=mean(f["bleu"] for f in files), rouge_l=mean(f["rougeL"] for f in files),
+               bleu=mean(bleus), rouge_l=mean(f["rougeL"] for f in files),
                dist1=mean(f["dist1"] for f in files), avg_len=mean(f["avg_len"] for f in files),
                seconds=mean(s["wall_seconds"] for s in meta["seeds"].values()),
-               self_bleu=diversity.get("self_bleu"))
+               self_bleu=diversity.get("self_bleu"), sampler=meta["settings"]["sampler"]["sampler"],
+               bleu_std=stdev(bleus) if len(bleus) > 1 else None)
 
 
 def add_speedups(rows: list[Row]) -> None:
-    """Speedup of each row against a full-step decode: the same model's, else the slowest in the table."""
-    full = {r.model: r for r in rows if r.decoding == "all"}
+    """Speedup of each row against a full-step DDPM decode: the same model's, else the slowest in the table."""
+    full = {r.model: r for r in rows if r.decoding == "all" and r.sampler == "ddpm"}
     fallback = max(full.values(), key=lambda r: r.seconds, default=None)
     for row in rows:
         reference = full.get(row.model, fallback)
@@ -55,10 +60,12 @@ def add_speedups(rows: list[Row]) -> None:
 
 
 def format_table(rows: list[Row], markdown: bool = False) -> str:
-    """A fixed-width (or markdown) table of the rows."""
-    headers = ["model", "decoding", "steps", "BLEU", "ROUGE-L", "dist-1", "avg len", "self-BLEU", "wall s",
-               "speedup"]
-    body = [[r.model, r.decoding, str(r.steps), f"{r.bleu:.4f}", f"{r.rouge_l:.4f}", f"{r.dist1:.4f}",
+    """A fixed-width (or markdown) table of the rows; BLEU is the seed mean +- the seed standard deviation."""
+    headers = ["model", "sampler", "decoding", "steps", "BLEU", "ROUGE-L", "dist-1", "avg len", "self-BLEU",
+               "wall s", "speedup"]
+    body = [[r.model, r.sampler, r.decoding, str(r.steps),
+             f"{r.bleu:.4f}" + ("" if r.bleu_std is None else f" ± {r.bleu_std:.4f}"), f"{r.rouge_l:.4f}",
+             f"{r.dist1:.4f}",
              f"{r.avg_len:.2f}", "-" if r.self_bleu is None else f"{r.self_bleu:.4f}", f"{r.seconds:.1f}",
              "-" if r.speedup is None else f"{r.speedup:.1f}x"] for r in rows]
     if markdown:
@@ -66,6 +73,6 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(lines)
     widths = [max(len(h), *(len(cells[i]) for cells in body)) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)] + [fmt.format(*cells) for cells in body]
     return "\n".join(lines)

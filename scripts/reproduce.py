@@ -1,12 +1,16 @@
-"""Reproduce the paper's speed/quality table on any dataset: {base, post-trained} x {uniform, adp} x steps.
+"""Reproduce the paper's speed/quality table on any dataset: models x samplers x {uniform, adp} x steps.
 
     python scripts/reproduce.py --base BASE/ema_0.9999_050000.pt --post POST/ema_0.9999_060000.pt \
-        --steps all,100,50,20,10,4 --seeds 10,11,12 --out_dir docs/reproduce
+        --steps all,100,50,20,10,4 --seeds 10,11,12 --out_dir reproduce_outputs
+    python scripts/reproduce.py --base B.pt --post P.pt --model self-cond=S.pt \
+        --samplers ddpm,ddim,dpm++ --steps all,20,10,4,2 --seeds 10,11,12 --out_dir docs/samplers
 
-Every cell (model x respacing x steps) is decoded with every seed and evaluated with the
-project's metrics; finished cells are not decoded again, so an interrupted run resumes.
-Writes ``results.md`` (BLEU, ROUGE-L, dist-1, self-BLEU, wall time, speedup against the
-full-step decode) and two plots: ``bleu_vs_steps.png`` and ``bleu_vs_time.png``.
+Every cell (model x sampler x grid x steps; "all", the full-step reference, once per model, with
+the first sampler) is decoded with every seed and evaluated with the project's metrics; finished
+cells are not decoded again, so an interrupted run resumes. Each step is one network evaluation,
+for every sampler. Writes ``results.md`` (BLEU as seed mean +- standard deviation, ROUGE-L, dist-1,
+self-BLEU, wall time, speedup against the model's full-step DDPM decode) and two plots, one panel
+per model: ``bleu_vs_steps.png`` and ``bleu_vs_time.png``.
 """
 
 from __future__ import annotations
@@ -21,26 +25,32 @@ from pathlib import Path
 import torch
 
 from diffuseq import DecodeConfig, Seq2SeqDiffusion
+from diffuseq.config.decode import DTYPES
 from diffuseq.decode import run_decode
 from diffuseq.errors import UserError, run_cli
 from diffuseq.fileio import atomic_write_text
 from diffuseq.model import checkpoints as ckpt
 from diffuseq.report import Row, add_speedups, format_table, load_row
+from diffuseq.samplers import SAMPLERS
 
 logger = logging.getLogger("reproduce")
 
 
+GRIDS = ("uniform", "adp")
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One decode: a model, a respacing kind and a number of steps (0 = all T steps)."""
+    """One decode: a model, a sampler, a time grid and a number of steps (0 = all T steps)."""
 
     model: str
     kind: str
     steps: int
+    sampler: str = "ddpm"
 
     @property
     def name(self) -> str:
-        return f"{self.model}__{self.decoding}"
+        return f"{self.model}__{self.sampler}__{self.decoding}"
 
     @property
     def decoding(self) -> str:
@@ -68,23 +78,55 @@ def parse_steps(text: str, num_timesteps: int) -> list[int]:
     return sorted(set(steps), key=lambda s: (s != 0, -s))
 
 
-def plan_cells(models: list[str], steps: list[int], kinds: tuple[str, ...] = ("uniform", "adp")) -> list[Cell]:
-    """Every cell to decode: the full-step decode once per model, then each kind x count."""
+def parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    """``a,b`` -> ["a", "b"], each one of ``allowed``."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items:
+        raise UserError(f"{flag}: {', '.join(unknown) or 'nothing given'}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_models(args: argparse.Namespace) -> dict[str, Path]:
+    """The checkpoints by name: ``--base``, ``--post`` and every ``--model NAME=CHECKPOINT``."""
+    paths = {"base": Path(args.base)}
+    if args.post:
+        paths["post-trained"] = Path(args.post)
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or "__" in name or "/" in name:
+            raise UserError(f"--model {item!r}: expected NAME=CHECKPOINT (a name without '/' or '__')")
+        if name in paths:
+            raise UserError(f"--model {item!r}: the name {name!r} is taken")
+        paths[name] = Path(path)
+    for name, path in paths.items():
+        if not path.is_file():
+            raise UserError(f"{name}: no checkpoint file {path}")
+    return paths
+
+
+def plan_cells(models: list[str], steps: list[int], kinds: tuple[str, ...] = GRIDS,
+               samplers: tuple[str, ...] = ("ddpm",)) -> list[Cell]:
+    """Every cell to decode: per model and sampler, each grid x count (adp needs at least 3 steps); the
+    full-step decode (count 0), the reference of the speedups, only with the first sampler (DDPM by default)."""
     cells = []
     for model in models:
-        for count in steps:
-            if count == 0:
-                cells.append(Cell(model, "all", 0))
-            else:
-                cells.extend(Cell(model, kind, count) for kind in kinds if not (kind == "adp" and count < 3))
+        for sampler in samplers:
+            for count in steps:
+                if count == 0:
+                    if sampler == samplers[0]:
+                        cells.append(Cell(model, "all", 0, sampler))
+                else:
+                    cells.extend(Cell(model, kind, count, sampler) for kind in kinds
+                                 if not (kind == "adp" and count < 3))
     return cells
 
 
 def cell_key(cell: Cell, checkpoint: dict, args: argparse.Namespace, data_dir: str) -> dict:
     """Everything that decides a cell's outputs: the checkpoint's identity and every setting."""
     return {"checkpoint": checkpoint["sha256"], "checkpoint_path": checkpoint["path"], "respacing": cell.respacing(),
-            "seeds": args.seed_list, "split": args.split, "max_examples": args.max_examples,
-            "data_dir": str(Path(data_dir).resolve())}
+            "sampler": cell.sampler, "dtype": args.dtype, "seeds": args.seed_list, "split": args.split,
+            "max_examples": args.max_examples, "data_dir": str(Path(data_dir).resolve())}
 
 
 def cell_done(out_dir: Path, cell: Cell, key: dict) -> bool:
@@ -105,9 +147,10 @@ def decode_cell(cell: Cell, model_path: Path, api: Seq2SeqDiffusion, args: argpa
     folder = out_dir / "decode" / cell.name
     if folder.exists():
         shutil.rmtree(folder)  # outputs of another checkpoint or other settings
-    config = DecodeConfig(model_path=str(model_path), decode_respacing=cell.respacing(), split=args.split,
+    config = DecodeConfig(model_path=str(model_path), decode_respacing=cell.respacing(), sampler=cell.sampler,
+                          split=args.split,
                           seeds=",".join(map(str, args.seed_list)), batch_size=args.batch_size, out_dir=str(folder),
-                          data_dir=args.data_dir, max_examples=args.max_examples, evaluate=True)
+                          data_dir=args.data_dir, max_examples=args.max_examples, dtype=args.dtype, evaluate=True)
     config.validate()
     run = run_decode(config, api)
     atomic_write_text(json.dumps(key, indent=2) + "\n", folder / "cell.json")
@@ -121,29 +164,42 @@ def samples_of(out_dir: Path, cell: Cell) -> Path:
 
 
 def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
-    """BLEU against steps (log axis) and against wall time, one line per model x respacing."""
+    """BLEU (seed mean, bars: seed standard deviation) against steps (log axis) and against wall time: one
+    panel per model, one line per sampler x grid (its full-step decode included); the model's full-step
+    DDPM BLEU is the dashed line, its seed spread the band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    models = list(dict.fromkeys(r.model for r in rows))
     paths = []
-    for x_key, label, name in (("steps", "denoising steps (log scale)", "bleu_vs_steps.png"),
+    for x_key, label, name in (("steps", "network evaluations (log scale)", "bleu_vs_steps.png"),
                                ("seconds", "wall time per seed, s (log scale)", "bleu_vs_time.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for model in dict.fromkeys(r.model for r in rows):
-            full = [r for r in rows if r.model == model and r.decoding == "all"]
-            for kind in ("uniform", "adp"):
-                line = sorted([r for r in rows if r.model == model and r.decoding.startswith(kind)] + full,
-                              key=lambda r: getattr(r, x_key))
-                if len(line) > 1 or (line and not full):
-                    ax.plot([getattr(r, x_key) for r in line], [r.bleu for r in line], marker="o",
-                            label=f"{model}, {kind}")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("BLEU")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.2), sharey=True, squeeze=False)
+        for ax, model in zip(axes[0], models):
+            mine = [r for r in rows if r.model == model]
+            reference = next((r for r in mine if r.decoding == "all" and r.sampler == "ddpm"), None)
+            if reference is not None:
+                ax.axhline(reference.bleu, color="black", linestyle="--", linewidth=1, label="DDPM, all steps")
+                if reference.bleu_std:
+                    ax.axhspan(reference.bleu - reference.bleu_std, reference.bleu + reference.bleu_std,
+                               color="black", alpha=0.08)
+            for sampler in dict.fromkeys(r.sampler for r in mine):
+                full = [r for r in mine if r.sampler == sampler and r.decoding == "all"]
+                for kind in GRIDS:
+                    line = sorted([r for r in mine if r.sampler == sampler and r.decoding.startswith(kind)] + full,
+                                  key=lambda r: getattr(r, x_key))
+                    if len(line) > 1 or (line and not full):
+                        ax.errorbar([getattr(r, x_key) for r in line], [r.bleu for r in line],
+                                    yerr=[r.bleu_std or 0.0 for r in line], marker="o", markersize=4, capsize=2,
+                                    label=f"{sampler.upper()}, {kind}")
+            ax.set_xscale("log")
+            ax.set_xlabel(label)
+            ax.set_title(model)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][0].set_ylabel("BLEU")
+        axes[0][-1].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)
@@ -162,13 +218,18 @@ def assemble(out_dir: Path, cells: list[Cell]) -> list[Row]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the base model's checkpoint (model/ema .pt)")
-    parser.add_argument("--post", required=True, help="the post-trained model's checkpoint")
+    parser.add_argument("--post", default="", help="the post-trained model's checkpoint")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
+                        help="one more model (e.g. self-cond=RUN/ema_0.995_002000.pt); repeatable")
+    parser.add_argument("--samplers", default="ddpm", help=f"comma-separated, of {', '.join(SAMPLERS)}")
+    parser.add_argument("--grids", default=",".join(GRIDS), help="time grids: uniform (N) and/or adp (adp_N)")
     parser.add_argument("--steps", default="all,100,50,20,10,4", help="step counts; 'all' = every step of T")
     parser.add_argument("--seeds", default="10,11,12")
     parser.add_argument("--split", default="test")
     parser.add_argument("--data_dir", default="", help="override the training data folder")
     parser.add_argument("--max_examples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=250)
+    parser.add_argument("--dtype", default="fp32", choices=DTYPES, help="autocast dtype of the network")
     parser.add_argument("--out_dir", default="reproduce_outputs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -176,25 +237,35 @@ def main() -> int:
         args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    samplers = parse_list(args.samplers, SAMPLERS, "--samplers")
+    grids = parse_list(args.grids, GRIDS, "--grids")
+    paths = parse_models(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = {name: Seq2SeqDiffusion.from_checkpoint(path, device, args.dtype) for name, path in paths.items()}
+    num_timesteps = loaded["base"].num_timesteps
+    other = [name for name, api in loaded.items() if api.num_timesteps != num_timesteps]
+    if other:
+        raise UserError(f"{', '.join(other)}: T differs from the base model's {num_timesteps}; the steps would "
+                        f"not compare")
+    cells = plan_cells(list(paths), parse_steps(args.steps, num_timesteps), tuple(grids), tuple(samplers))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    paths = {"base": Path(args.base), "post-trained": Path(args.post)}
-    loaded = {name: Seq2SeqDiffusion.from_checkpoint(path, device) for name, path in paths.items()}
     identities = {name: ckpt.file_identity(path) for name, path in paths.items()}
-    num_timesteps = loaded["base"].num_timesteps
-    cells = plan_cells(list(paths), parse_steps(args.steps, num_timesteps))
     for cell in cells:
         key = cell_key(cell, identities[cell.model], args, args.data_dir or loaded[cell.model].config.data_dir)
         if cell_done(out_dir, cell, key):
             logger.info("%s: already done", cell.name)
             continue
-        logger.info("%s: decoding with %s", cell.name, cell.respacing() or "all steps")
+        logger.info("%s: decoding with %s, %s", cell.name, cell.sampler, cell.respacing() or "all steps")
         decode_cell(cell, paths[cell.model], loaded[cell.model], args, out_dir, key)
     rows = assemble(out_dir, cells)
     table = format_table(rows, markdown=True)
-    header = (f"Test split ({args.split}, {args.data_dir or loaded['base'].config.data_dir}), seeds {args.seeds}, "
-              f"T = {num_timesteps}; wall time is per seed, on {device}.\n\n")
+    checkpoints = ", ".join(f"{name} `{path.parent.name}/{path.name}`" for name, path in paths.items())
+    header = (f"Test split ({args.split}, {args.data_dir or loaded['base'].config.data_dir}), "
+              f"{args.max_examples or 'all'} examples, seeds {args.seeds} (BLEU: mean ± standard deviation over "
+              f"seeds), T = {num_timesteps}; steps = network evaluations; wall time is per seed, on {device}, "
+              f"network in {args.dtype}. "
+              f"Checkpoints: {checkpoints}.\n\n")
     atomic_write_text(header + table + "\n", out_dir / "results.md")
     plots = write_plots(rows, out_dir)
     print(table)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Speed/quality table of a base and a post-trained checkpoint: uniform and adp respacings, several step counts.
 #   bash scripts/reproduce.sh BASE_CHECKPOINT POST_CHECKPOINT [OUT_DIR] [extra reproduce.py flags...]
-# OUT_DIR defaults to reproduce_outputs (docs/reproduce holds the committed example; name it to update it).
+# OUT_DIR defaults to reproduce_outputs (docs/samplers holds the committed study, made by scripts/sampler_study.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -lt 2 ]; then echo "usage: bash scripts/reproduce.sh BASE_CHECKPOINT POST_CHECKPOINT [OUT_DIR] [flags...]" >&2; exit 2; fi

@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from helpers import ROOT, make_toy_dataset, run_script, tiny_args
+from helpers import ROOT, assert_clean_error, make_toy_dataset, run_script, tiny_args
 
 from diffuseq.config import parse_train_args
 from diffuseq.errors import UserError
@@ -30,21 +30,29 @@ def test_cells_and_steps():
     with pytest.raises(UserError):
         reproduce.parse_steps("all,ten", 2000)
     cells = reproduce.plan_cells(["base", "post"], [0, 20, 2])
-    assert [c.name for c in cells] == ["base__all", "base__uniform_20", "base__adp_20", "base__uniform_2",
-                                       "post__all", "post__uniform_20", "post__adp_20", "post__uniform_2"]
+    assert [c.name for c in cells] == ["base__ddpm__all", "base__ddpm__uniform_20", "base__ddpm__adp_20",
+                                       "base__ddpm__uniform_2", "post__ddpm__all", "post__ddpm__uniform_20",
+                                       "post__ddpm__adp_20", "post__ddpm__uniform_2"]
     assert cells[2].respacing() == "adp_20" and cells[1].respacing() == "20" and cells[0].respacing() == ""
+    cells = reproduce.plan_cells(["m"], [0, 4], ("adp",), ("ddim", "dpm++"))
+    assert [c.name for c in cells] == ["m__ddim__all", "m__ddim__adp_4", "m__dpm++__adp_4"]
+    assert reproduce.parse_list("dpm++, ddpm", ("ddpm", "ddim", "dpm++"), "--samplers") == ["dpm++", "ddpm"]
+    with pytest.raises(UserError, match="unipc"):
+        reproduce.parse_list("ddpm,unipc", ("ddpm", "ddim", "dpm++"), "--samplers")
 
 
 def test_table_assembly_and_speedups():
     rows = [Row("base", "all", 100, 0.2, 0.5, 0.9, 7.0, 10.0, 0.3),
-            Row("base", "adp_10", 10, 0.25, 0.55, 0.8, 6.5, 1.0, 0.4),
+            Row("base", "adp_10", 10, 0.25, 0.55, 0.8, 6.5, 1.0, 0.4, sampler="dpm++", bleu_std=0.0123),
+            Row("base", "all", 100, 0.2, 0.5, 0.9, 7.0, 5.0, 0.3, sampler="ddim"),
             Row("post-trained", "all", 100, 0.3, 0.6, 0.9, 7.0, 20.0)]
     add_speedups(rows)
-    assert [r.speedup for r in rows] == [1.0, 10.0, 1.0]
+    assert [r.speedup for r in rows] == [1.0, 10.0, 2.0, 1.0]  # against the model's full-step DDPM decode
     table = format_table(rows, markdown=True).splitlines()
-    assert table[0].startswith("| model | decoding | steps | BLEU | ROUGE-L | dist-1")
-    assert table[3] == "| base | adp_10 | 10 | 0.2500 | 0.5500 | 0.8000 | 6.50 | 0.4000 | 1.0 | 10.0x |"
-    assert "| - |" in table[4]  # no self-BLEU with a single seed
+    assert table[0].startswith("| model | sampler | decoding | steps | BLEU | ROUGE-L | dist-1")
+    assert table[3] == ("| base | dpm++ | adp_10 | 10 | 0.2500 ± 0.0123 | 0.5500 | 0.8000 | 6.50 | 0.4000 | 1.0 "
+                        "| 10.0x |")
+    assert "| - |" in table[5]  # no self-BLEU with a single seed
 
 
 def test_reproduce_end_to_end_and_resume(tmp_path):
@@ -59,17 +67,35 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     result = run_script("scripts/reproduce.py", args)
     assert result.returncode == 0, result.stderr[-2000:]
     table = (out / "results.md").read_text()
-    for cell in ("| base | all | 100 |", "| base | adp_10 | 10 |", "| post-trained | uniform_4 | 4 |"):
+    for cell in ("| base | ddpm | all | 100 |", "| base | ddpm | adp_10 | 10 |", "| post-trained | ddpm | uniform_4 | 4 |"):
         assert cell in table
     assert (out / "bleu_vs_steps.png").stat().st_size > 1000 and (out / "bleu_vs_time.png").is_file()
-    scores = json.loads((out / "eval" / "base__adp_4.json").read_text())
+    scores = json.loads((out / "eval" / "base__ddpm__adp_4.json").read_text())
     assert scores["diversity"]["self_bleu"] is not None and len(scores["files"]) == 2
 
     # a second run decodes nothing again; removing one cell's evaluation redoes only that cell
     before = {p: p.stat().st_mtime_ns for p in (out / "decode").rglob("seed*.json")}
-    (out / "eval" / "post-trained__uniform_10.json").unlink()
+    (out / "eval" / "post-trained__ddpm__uniform_10.json").unlink()
     result = run_script("scripts/reproduce.py", args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("already done") == 9
     changed = {p for p, t in before.items() if p.stat().st_mtime_ns != t}
-    assert changed and all("post-trained__uniform_10" in str(p) for p in changed)
+    assert changed and all("post-trained__ddpm__uniform_10" in str(p) for p in changed)
+
+    # the sampler axis and a third model: new cells only, each decoded by the sampler it names
+    result = run_script("scripts/reproduce.py", args + ["--samplers", "ddpm,dpm++", "--grids", "adp",
+                                                        "--model", f"again={tmp_path / 'base' / 'model000010.pt'}"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (out / "results.md").read_text()
+    assert "| base | dpm++ | adp_4 | 4 |" in table and "| again | dpm++ | all | 100 |" in table
+    assert "uniform_10" not in table  # --grids adp
+    meta = next((out / "decode" / "again__dpm++__adp_4").rglob("*.meta.json"))
+    assert json.loads(meta.read_text())["settings"]["sampler"]["sampler"] == "dpm++"
+    # the same checkpoint decoded by the same sampler under two names gives the same text
+    same = [next((out / "decode" / f"{m}__ddpm__adp_4").rglob("seed1_*.json")).read_text() for m in ("base", "again")]
+    assert same[0] == same[1]
+    # bad flags are refused before anything is decoded
+    for extra, fragment in ((["--samplers", "euler"], "euler"), (["--model", "noequals"], "NAME=CHECKPOINT"),
+                            (["--model", "base=x.pt"], "taken"), (["--model", f"m={tmp_path / 'none.pt'}"], "none.pt")):
+        result = run_script("scripts/reproduce.py", args + extra)
+        assert_clean_error(result, fragment)

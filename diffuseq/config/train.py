@@ -78,6 +78,10 @@ class TrainConfig:
                                      "sign for cosine (as Bridge-Gap)")
     simi_step: int = option(10, "neighbour offset: t +- simi_step for l2 / cosine, teacher t - simi_step for kl")
     simi_noise: float = option(0.05, "noise-level window for l2_noise / l2_noise_random")
+    # our addition: self-conditioning (Chen et al. 2022)
+    self_cond: bool = option(False, "self-conditioning: the denoiser also reads its previous x_0 estimate (a "
+                                  "detached estimate half of the time in training, zeros otherwise; the previous "
+                                  "step's when decoding). Adds one linear layer; fixed by the checkpoint")
     # bookkeeping
     checkpoint_path: str = option("", "output folder (default: a name from the main flags under diffusion_models/)")
     resume_checkpoint: str = option("", "modelNNNNNN.pt / ema_<rate>_NNNNNN.pt to start from ('none': from scratch), "

@@ -142,7 +142,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
 def create_model(cfg: TrainConfig, vocab_size: int, encoder: EncoderConfig | None = None) -> TransformerNetModel:
     """The denoiser described by ``cfg`` (with ``encoder``, else ``cfg``'s encoder size)."""
     return TransformerNetModel(vocab_size, hidden_dim=cfg.hidden_dim, hidden_t_dim=cfg.hidden_t_dim,
-                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config())
+                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config(), self_cond=cfg.self_cond)
 
 
 def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -153,7 +153,10 @@ def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source:
     missing = [k for k in own if k not in state and k != "position_ids"]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise UserError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        hint = ""
+        if any(k.startswith("self_cond_proj") for k in missing + unexpected):
+            hint = " (a self-conditioned checkpoint needs --self_cond, and a model without it cannot have it)"
+        raise UserError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}{hint}")
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape]
     if wrong:

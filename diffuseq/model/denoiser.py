@@ -1,7 +1,9 @@
 """The DiffuSeq denoiser: a BERT encoder over [position + up-projected x_t + time] embeddings.
 
 Parameter names and shapes are exactly DiffuSeq's (``TransformerNetModel``), so its checkpoints
-load with ``load_state_dict``.
+load with ``load_state_dict``. With ``self_cond`` (our addition; Chen et al. 2022, as in
+SeqDiffuSeq and Difformer) the denoiser also reads a previous x_0 estimate through one more
+linear map, ``self_cond_proj``, added to the input embeddings; without it the layout is DiffuSeq's.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ class TransformerNetModel(nn.Module):
     """DiffuSeq's denoiser: predicts x_0 from (x_t, t); ``lm_head`` is tied to ``word_embedding``."""
 
     def __init__(self, vocab_size: int, hidden_dim: int = 128, hidden_t_dim: int = 128, dropout: float = 0.1,
-                 encoder: EncoderConfig | None = None) -> None:
+                 encoder: EncoderConfig | None = None, self_cond: bool = False) -> None:
         super().__init__()
         cfg = encoder or EncoderConfig()
         self.encoder_config = cfg
         self.hidden_dim = hidden_dim
         self.hidden_t_dim = hidden_t_dim
+        self.self_cond = self_cond
         hidden = cfg.hidden_size
         self.word_embedding = nn.Embedding(vocab_size, hidden_dim)
         self.lm_head = nn.Linear(hidden_dim, vocab_size)
@@ -43,6 +46,8 @@ class TransformerNetModel(nn.Module):
                                         nn.Linear(4 * hidden_t_dim, hidden))
         if hidden_dim != hidden:
             self.input_up_proj = nn.Sequential(nn.Linear(hidden_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
+        if self_cond:
+            self.self_cond_proj = nn.Linear(hidden_dim, hidden)
         self.input_transformers = BertEncoder(cfg, dropout)
         self.register_buffer("position_ids", torch.arange(cfg.max_positions).expand((1, -1)))
         self.position_embeddings = nn.Embedding(cfg.max_positions, hidden)
@@ -63,8 +68,12 @@ class TransformerNetModel(nn.Module):
         """Token logits of embedding-space vectors."""
         return self.lm_head(hidden)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, rows: torch.Tensor | None = None,
+                x0_prev: torch.Tensor | None = None) -> torch.Tensor:
         """Predict x_0 from x_t [B, N, hidden_dim] and the rescaled float timesteps [B].
+
+        ``x0_prev`` (shape of x) is the previous x_0 estimate of a self-conditioned model
+        (``None``: zeros, the "no estimate" input); a model without self-conditioning ignores it.
 
         ``rows`` (bool [B, N]), when given, names the positions whose prediction
         is needed (the target part when decoding). Every position still feeds the
@@ -76,6 +85,8 @@ class TransformerNetModel(nn.Module):
         emb_x = self.input_up_proj(x) if hasattr(self, "input_up_proj") else x
         seq_len = x.size(1)
         h = self.position_embeddings(self.position_ids[:, :seq_len]) + emb_x + emb_t.unsqueeze(1)
+        if self.self_cond:  # no estimate (zeros) adds the projection's bias only
+            h = h + (self.self_cond_proj.bias if x0_prev is None else self.self_cond_proj(x0_prev))
         h = self.input_transformers(self.dropout(self.LayerNorm(h)), rows)
         out = self.output_down_proj(h) if hasattr(self, "output_down_proj") else h
         if rows is None:

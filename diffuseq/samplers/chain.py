@@ -19,6 +19,9 @@ def denoise(model: nn.Module, sampler: ReverseSampler, x_start: torch.Tensor, ma
             trajectory: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Run the reverse process on a batch; source positions (``mask == 0``) stay ``x_start``.
 
+    A self-conditioned model (``model.self_cond``) reads the previous step's raw x_0
+    prediction on the target positions (nothing at the first step).
+
     Returns x_0 after the last step. ``timings`` (if given) accumulates the seconds spent in
     the network and in clamping; ``on_step`` (if given) is called after each step;
     ``trajectory`` (if given) receives the x_0 prediction of every step, as the step used it.
@@ -27,9 +30,16 @@ def denoise(model: nn.Module, sampler: ReverseSampler, x_start: torch.Tensor, ma
     target = mask.bool()
     is_target = target.unsqueeze(-1)
     x = torch.where(is_target, noise.draw(), x_start)
+    self_cond = getattr(model, "self_cond", False)
+    previous = None
     for index in sampler.timesteps:
         started = time.perf_counter()
-        pred_x0 = model(x, sampler.model_timesteps(index, x.size(0), x.device), target)
+        ts = sampler.model_timesteps(index, x.size(0), x.device)
+        if self_cond:  # the rows outside ``target`` come back as zeros; clamping below works in place
+            pred_x0 = model(x, ts, target, previous)
+            previous = pred_x0.clone()
+        else:
+            pred_x0 = model(x, ts, target)
         if timings is not None:
             _sync(x.device)
             timings["network"] = timings.get("network", 0.0) + time.perf_counter() - started

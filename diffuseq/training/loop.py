@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
-import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +33,7 @@ from ..runtime import keep_freed_memory_on
 from .cross_entropy import CrossEntropyWorkspace
 from .losses import diffuseq_losses, distance_penalty_losses
 from .penalty import DistancePenalty
+from .reporting import TrainingReport
 from .state import rng_state, seed_everything, set_rng_state
 from .timesteps import TimestepSampler, create_timestep_sampler
 
@@ -296,10 +294,7 @@ class Trainer:
             raise UserError(f"the checkpoint is at step {self.step}, not below --learning_steps "
                             f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-        wandb_run = _maybe_wandb(cfg) if self.is_main else None
-        bar = _progress(self.step, cfg.learning_steps) if self.is_main else None
-        window: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        report = TrainingReport(cfg, self.step, self.is_main, self.device)
         try:
             self.model.train()
             while self.step < cfg.learning_steps:
@@ -316,22 +311,11 @@ class Trainer:
                                         f"lower --lr or enable --gradient_clipping)")
                     continue
                 self.bad_steps_in_row = 0
-                window_steps += 1
-                for key, value in terms.items():
-                    if key != "nll":
-                        window[key] = window.get(key, 0.0) + value
-                if bar is not None:
-                    bar.update(1)
+                report.add(terms)
                 if log_now:
-                    self._log(window, window_steps, time.perf_counter() - window_start, terms.get("nll"), wandb_run)
-                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                    report.log(self.step, self.opt.param_groups[0]["lr"], terms.get("nll"))
                 if cfg.eval_interval > 0 and self.step % cfg.eval_interval == 0:
-                    valid = self.validation_loss()
-                    if self.is_main:
-                        logger.info("step %d validation: %s", self.step,
-                                    " ".join(f"{k} {v:.4f}" for k, v in sorted(valid.items())))
-                        if wandb_run is not None:
-                            wandb_run.log({f"valid/{k}": v for k, v in valid.items()}, step=self.step)
+                    report.validation(self.step, self.validation_loss())
                 if self.step % cfg.save_interval == 0 or self.step == cfg.learning_steps:
                     self.save()
                 if self._agree_to_stop():
@@ -343,46 +327,4 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if bar is not None:
-                bar.close()
-            if wandb_run is not None:
-                wandb_run.finish()
-
-    def _log(self, window: dict[str, torch.Tensor], steps: int, seconds: float, nll: torch.Tensor | None,
-             wandb_run: Any) -> None:
-        keys = sorted(window)
-        values = dist_util.all_reduce_mean(torch.stack([torch.as_tensor(window[k], dtype=torch.float32,
-                                                                         device=self.device) for k in keys]))
-        means = {k: float(v) / steps for k, v in zip(keys, values.cpu())}
-        if nll is not None:
-            means["nll"] = float(dist_util.all_reduce_mean(nll.float().reshape(1)).cpu())
-        if not self.is_main:
-            return
-        samples_per_s = steps * self.cfg.batch_size / max(seconds, 1e-9)
-        lr = self.opt.param_groups[0]["lr"]
-        logger.info("step %d | %s | lr %.3g | %.1f samples/s", self.step,
-                    " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, samples_per_s)
-        if wandb_run is not None:
-            wandb_run.log({**{f"train/{k}": v for k, v in means.items()}, "lr": lr, "samples_per_s": samples_per_s},
-                          step=self.step)
-
-
-def _progress(start: int, total: int):
-    """A tqdm bar on an interactive terminal, else None."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _maybe_wandb(cfg: TrainConfig) -> Any:
-    """A Weights & Biases run when ``--wandb`` asks for one, else None."""
-    if not cfg.wandb:
-        return None
-    try:
-        import wandb
-    except ImportError:
-        raise UserError("--wandb needs the wandb package: pip install 'diffuseq-bridge[wandb]'") from None
-    return wandb.init(project=os.environ.get("WANDB_PROJECT", "diffuseq-bridge"), config=vars(cfg),
-                      name=cfg.notes or None)
+            report.close()

@@ -14,6 +14,11 @@ step t' is drawn per example (:mod:`diffuseq.training.penalty`); f is evaluated 
 one forward pass of a batch twice as large, and
 ``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2`` with the penalty of
 :class:`DistancePenalty` where a neighbour exists.
+
+Self-conditioning (``--self_cond``, our addition): for a random half of the examples the
+denoiser first estimates x_0 without an estimate (no gradient), and that estimate, on the
+target positions, is its extra input for the prediction the loss is taken on; the other
+half gets zeros, as at the first decoding step.
 """
 
 from __future__ import annotations
@@ -49,14 +54,39 @@ class LossDraws:
     t_nb: torch.Tensor | None = None
     active: torch.Tensor | None = None
     nb_noise: torch.Tensor | None = None
+    self_cond: torch.Tensor | None = None  # bool [B]: which examples get their own estimate
 
     @classmethod
-    def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourDraw | None = None) -> "LossDraws":
+    def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourDraw | None = None,
+               self_cond: bool = False) -> "LossDraws":
         x0_noise = torch.randn_like(x0_mean)
         if neighbours is None:
-            return cls(x0_noise, torch.randn_like(x0_mean))
-        t_nb, active = neighbours.draw(t)
-        return cls(x0_noise, torch.randn_like(x0_mean), t_nb, active, torch.randn_like(x0_mean))
+            draws = cls(x0_noise, torch.randn_like(x0_mean))
+        else:  # the order of Bridge-Gap's draws
+            t_nb, active = neighbours.draw(t)
+            draws = cls(x0_noise, torch.randn_like(x0_mean), t_nb, active, torch.randn_like(x0_mean))
+        if self_cond:
+            draws.self_cond = torch.rand(t.shape, device=t.device) < 0.5
+        return draws
+
+
+def self_cond_input(model: nn.Module, x_t: torch.Tensor, ts: torch.Tensor, mask: torch.Tensor,
+                    use: torch.Tensor | None) -> torch.Tensor | None:
+    """The previous-estimate input in training: the denoiser's own detached x_0 estimate on the
+    target positions of the examples ``use`` names, zeros elsewhere (``None`` without self-conditioning).
+
+    The estimate runs only on the chosen examples, without gradient, and outside any
+    DistributedDataParallel wrapper (it synchronises nothing).
+    """
+    if use is None:
+        return None
+    prev = torch.zeros_like(x_t)
+    chosen = use.nonzero().squeeze(1)
+    if chosen.numel():
+        with torch.no_grad():
+            estimate = unwrap(model)(x_t[chosen], ts[chosen])
+        prev[chosen] = torch.where(mask[chosen].bool().unsqueeze(-1), estimate.to(prev.dtype), 0.0)
+    return prev
 
 
 def _rounding_and_tT(net: nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, ids: torch.Tensor,
@@ -67,12 +97,20 @@ def _rounding_and_tT(net: nn.Module, diffusion: GaussianDiffusion, x0: torch.Ten
     return rounding, t_t
 
 
+def predict(model: nn.Module, x_t: torch.Tensor, ts: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+    """f(x_t, t), with the previous estimate ``prev`` when the denoiser is self-conditioned."""
+    return model(x_t, ts) if prev is None else model(x_t, ts, x0_prev=prev)
+
+
 def predict_pair(model: nn.Module, x_a: torch.Tensor, ts_a: torch.Tensor, x_b: torch.Tensor, ts_b: torch.Tensor,
-                 batched: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """f(x_a, t_a) and f(x_b, t_b): one forward of the concatenated batch, or two forwards."""
+                 batched: bool = True, prev_a: torch.Tensor | None = None,
+                 prev_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(x_a, t_a) and f(x_b, t_b) (with their previous estimates, if self-conditioned): one
+    forward of the concatenated batch, or two forwards."""
     if not batched:
-        return model(x_a, ts_a), model(x_b, ts_b)
-    return model(torch.cat([x_a, x_b]), torch.cat([ts_a, ts_b])).chunk(2)
+        return predict(model, x_a, ts_a, prev_a), predict(model, x_b, ts_b, prev_b)
+    prev = None if prev_a is None else torch.cat([prev_a, prev_b])
+    return predict(model, torch.cat([x_a, x_b]), torch.cat([ts_a, ts_b]), prev).chunk(2)
 
 
 def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.Tensor, mask: torch.Tensor,
@@ -81,10 +119,11 @@ def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.T
     """DiffuSeq's loss terms per example: ``loss``, ``mse``, ``rounding``, ``tT`` (and ``nll``)."""
     net = unwrap(model)
     x0_mean = net.get_embeds(ids)
-    draws = draws or LossDraws.sample(x0_mean, t)
+    draws = draws or LossDraws.sample(x0_mean, t, self_cond=getattr(net, "self_cond", False))
     x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
     x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
-    pred = model(x_t, diffusion.scale_timesteps(t))
+    ts = diffusion.scale_timesteps(t)
+    pred = predict(model, x_t, ts, self_cond_input(model, x_t, ts, mask, draws.self_cond))
     mse = torch.where(t == 0, mean_flat((x0_mean - pred) ** 2), mean_flat((x0 - pred) ** 2))
     rounding, t_t = _rounding_and_tT(net, diffusion, x0, ids, workspace)
     terms = {"loss": mse + rounding + t_t, "mse": mse, "rounding": rounding, "tT": t_t}
@@ -105,13 +144,15 @@ def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, pena
     """
     net = unwrap(model)
     x0_mean = net.get_embeds(ids)
-    draws = draws or LossDraws.sample(x0_mean, t, penalty.neighbours)
+    draws = draws or LossDraws.sample(x0_mean, t, penalty.neighbours, self_cond=getattr(net, "self_cond", False))
     x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
     t_nb = draws.t_nb
     x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
     x_nb = diffusion.q_sample(x0, t_nb, draws.nb_noise, mask)
-    pred, pred_nb = predict_pair(model, x_t, diffusion.scale_timesteps(t), x_nb, diffusion.scale_timesteps(t_nb),
-                                 batched=batched)
+    ts, ts_nb = diffusion.scale_timesteps(t), diffusion.scale_timesteps(t_nb)
+    pred, pred_nb = predict_pair(model, x_t, ts, x_nb, ts_nb, batched=batched,
+                                 prev_a=self_cond_input(model, x_t, ts, mask, draws.self_cond),
+                                 prev_b=self_cond_input(model, x_nb, ts_nb, mask, draws.self_cond))
     mse = mean_flat((x0_mean - pred) ** 2)
     mse_nb = mean_flat((x0_mean - pred_nb) ** 2)
     pen = penalty.penalty(pred, pred_nb, net.lm_head) * draws.active.to(mse.dtype)

@@ -43,7 +43,7 @@ MUTABLE = ("learning_steps", "save_interval", "log_interval", "eval_interval", "
            "resume_checkpoint", "checkpoint_path")
 # Fixed by the checkpoint a post-training starts from.
 ARCHITECTURE = ("seq_len", "hidden_dim", "hidden_t_dim", "diffusion_steps", "noise_schedule", "vocab", "vocab_size",
-                "config_name")
+                "config_name", "self_cond")
 ENCODER_FLAGS = ("config_name", "num_layers", "num_heads", "hidden_size", "intermediate_size")
 
 
