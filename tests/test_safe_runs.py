@@ -230,6 +230,13 @@ def test_eval_refuses_mixed_or_changed_outputs(trained, tmp_path):
     assert_clean_error(run_script("scripts/eval_seq2seq.py", evaluate + ["--pattern", "*adp_4*"]),
                        "files no decode describes")
     stray.unlink()
+    # --json / --mbr_out naming one of the decode's own files: refused, the file kept
+    for target in (next(samples.glob("seed1_*adp_4*.json")), next(samples.glob("*.meta.json"))):
+        before = target.read_bytes()
+        for flag in (["--json", str(target)], ["--mbr", "--mbr_out", str(target)]):
+            result = run_script("scripts/eval_seq2seq.py", evaluate + ["--pattern", "*adp_4*", *flag])
+            assert_clean_error(result, "is one of the decode's own files")
+        assert target.read_bytes() == before
     changed = next(samples.glob("seed2_*adp_4*.json"))
     changed.write_text(changed.read_text().replace("[CLS]", "[CLS] x", 1))
     assert_clean_error(run_script("scripts/eval_seq2seq.py", evaluate + ["--pattern", "*adp_4*"]),

@@ -93,10 +93,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UserError(f"{flag} {out_path} is a folder; give a file name")
         if out_path and not os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
             raise UserError(f"{flag} {out_path}: its folder does not exist")
+    if args.bertscore_batch_size < 1 or (args.bertscore_num_layers is not None and args.bertscore_num_layers < 1):
+        raise UserError("--bertscore_batch_size and --bertscore_num_layers must be at least 1")
     special = SpecialTokens(sos=args.sos, eos=args.eos, sep=args.sep, pad=args.pad)
 
     t0 = time.perf_counter()
     files = find_files(args.folder, args.pattern)
+    decode_files = {Path(f).resolve() for f in files} | {p.resolve() for p in Path(args.folder).rglob("*.meta.json")}
+    for flag, out_path in (("--json", args.json), ("--mbr_out", args.mbr_out)):
+        if out_path and Path(out_path).resolve() in decode_files:
+            raise UserError(f"{flag} {out_path} is one of the decode's own files; give another file name")
     result = score_files(files, special, mbr=args.mbr, corpus_bleu=not args.no_corpus_bleu, len_mode=args.len_mode,
                          bertscore_model=args.bertscore_model, bertscore_num_layers=args.bertscore_num_layers,
                          bertscore_batch_size=args.bertscore_batch_size, workers=args.workers,
