@@ -69,6 +69,14 @@ def test_plain_text_in_and_out(checkpoint, tmp_path):
     assert lines == model.generate(["the cat sat on", "red house"], respacing="adp_10", seed=3)
     printed = run_script("sample_seq2seq.py", args + ["--seed2", "3"])
     assert printed.returncode == 0 and printed.stdout.splitlines() == lines
+    # an --output that would overwrite the input, or a folder (two seeds would write beside it): refused
+    sources = (tmp_path / "sources.txt").read_bytes()
+    for extra, message in ((["--output", str(tmp_path / "sources.txt")], "is the --input file"),
+                           (["--output", str(tmp_path), "--seeds", "3,4"], "is a folder")):
+        result = run_script("sample_seq2seq.py", args + extra)
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "sources.txt").read_bytes() == sources
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.seed*"))
 
 
 def test_the_readme_api_example_runs_as_written(checkpoint):

@@ -149,7 +149,8 @@ class FedNoise:
 
 class Replay(torch.nn.Module):
     """A network that returns the outputs their network gave, checking that it is called with their x_t
-    (to the bit) and their timesteps."""
+    (to within float32 rounding: the fixtures' CPU and this one may round vectorised arithmetic
+    differently, e.g. Intel against AMD) and their timesteps."""
 
     def __init__(self, calls: list[dict], inputs: list[torch.Tensor]) -> None:
         super().__init__()
@@ -158,7 +159,7 @@ class Replay(torch.nn.Module):
     def forward(self, x, t, rows=None):
         call, expected = self.calls.pop(0), self.inputs.pop(0)
         assert torch.equal(t, call["t"]), (t, call["t"])
-        assert torch.equal(x, expected), f"step {self.step}: {(x - expected).abs().max()}"
+        torch.testing.assert_close(x, expected, rtol=1e-6, atol=1e-6, msg=lambda m: f"step {self.step}: {m}")
         self.step += 1
         return call["out"].clone()
 
@@ -185,10 +186,10 @@ def test_reverse_chain_matches_the_original_step_by_step(name, denoiser_fixture)
     clamp = NearestEmbedding(model.word_embedding.weight.detach()) if case["clamp"] else None
     noise = [case["x_init"]] + case["step_noise"]
     with torch.no_grad():
-        # the sampler alone: their network outputs replayed, so every step must agree to the bit
+        # the sampler alone: their network outputs replayed, so every step must agree to float32 rounding
         inputs = [case["x_init"]] + case["samples"][:-1]
         replayed = denoise(Replay(case["calls"], inputs), sampler, x_start, mask, FedNoise(noise), clamp)
-        assert torch.equal(replayed, case["final"]), (replayed - case["final"]).abs().max()
+        torch.testing.assert_close(replayed, case["final"], rtol=1e-6, atol=1e-6)
         # the whole chain with this project's network
         x0 = denoise(model, sampler, x_start, mask, FedNoise(noise), clamp)
         torch.testing.assert_close(x0, case["final"], rtol=1e-4, atol=1e-4)

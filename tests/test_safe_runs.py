@@ -45,7 +45,8 @@ def _flags_without(flags, *names):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"diff_steps": 2000, "noise_schedule": "linear", "lr": -1}, "--lr must be a non-negative number"),
+    ({"diff_steps": 2000, "noise_schedule": "linear", "lr": -1}, "--lr must be a finite non-negative number"),
+    ({"lr": float("inf")}, "--lr must be a finite non-negative number"),
     ({"diff_steps": 2000}, "--diffusion_steps gives 2000 but .*training_args.json says 50"),
     ({"noise_schedule": "linear"}, "--noise_schedule gives 'linear' but .* says 'sqrt'"),
     ({"seq_len": 20}, "--seq_len gives 20 but .* says 16"),
@@ -137,7 +138,8 @@ def test_training_errors_are_one_line_before_any_write(toy, tmp_path):
     cases = [
         ([], "give --data_dir"),
         (tiny_args(bad, tmp_path / "o1"), "train.jsonl:2: not UTF-8 text (byte 0xe9"),
-        (tiny_args(toy, tmp_path / "o2", lr=-1), "--lr must be a non-negative number"),
+        (tiny_args(toy, tmp_path / "o2", lr=-1), "--lr must be a finite non-negative number"),
+        (tiny_args(toy, tmp_path / "o2b", lr="inf"), "--lr must be a finite non-negative number"),
         (tiny_args(toy, tmp_path / "o3", microbatch=0), "--microbatch must be positive"),
         (tiny_args(toy, tmp_path / "o4", simi_penalty="l2", simi_step=500), "--simi_step must be in 1..99"),
         (tiny_args(toy, tmp_path / "o5", simi_penalty="kl", simi_lambda=-1), "kl penalty needs a weight >= 0"),

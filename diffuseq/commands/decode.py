@@ -33,6 +33,14 @@ def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
         raise UserError(f"--input {config.input} holds no lines")
     respacing, eta = check_step_flag(config.step, api.num_timesteps, config.decode_respacing, config.eta)
     seeds = config.seed_list()
+    outputs = {seed: output_path(config.output, seed, len(seeds)) for seed in seeds} if config.output else {}
+    if config.output and Path(config.output).is_dir():
+        raise UserError(f"--output {config.output} is a folder; give a file name")
+    for out in outputs.values():
+        if out.resolve() == Path(config.input).resolve():
+            raise UserError(f"--output {out} is the --input file; give another file name")
+        if list(out.parent.glob("*.meta.json")):
+            raise UserError(f"--output {out}: {out.parent} holds a decode's files; write somewhere else")
     texts = api.generate(sources, respacing, seeds=seeds, batch_size=config.batch_size, eta=eta,
                          clamp_step=config.clamp_step, top_p=config.top_p, clip_denoised=config.clip_denoised,
                          sigma_small=config.sigma_small, sampler=config.sampler or ("ddim" if eta >= 0 else ""))
@@ -41,10 +49,13 @@ def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
         if not config.output:
             sys.stdout.write(text)
             continue
-        out = Path(config.output)
-        if len(seeds) > 1:
-            out = out.with_name(f"{out.stem}.seed{seed}{out.suffix}")
-        atomic_write_text(text, out)
+        atomic_write_text(text, outputs[seed])
+
+
+def output_path(output: str, seed: int, num_seeds: int) -> Path:
+    """The ``--output`` file of one seed: the name itself, or ``NAME.seedS.EXT`` with several seeds."""
+    out = Path(output)
+    return out.with_name(f"{out.stem}.seed{seed}{out.suffix}") if num_seeds > 1 else out
 
 
 def main() -> int:

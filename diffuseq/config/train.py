@@ -141,8 +141,8 @@ class TrainConfig:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.microbatch == 0 or self.microbatch < -1:
             raise UserError(f"--microbatch must be positive (or -1 for the whole batch), got {self.microbatch}")
-        if not self.lr >= 0:
-            raise UserError(f"--lr must be a non-negative number, got {self.lr}")
+        if not 0 <= self.lr < float("inf"):
+            raise UserError(f"--lr must be a finite non-negative number, got {self.lr}")
         if not self.weight_decay >= 0:
             raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
         if self.simi_penalty in ("l2", "cosine", "kl") and not 1 <= self.simi_step < self.diffusion_steps:
