@@ -87,7 +87,8 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
                                                         "--model", f"again={tmp_path / 'base' / 'model000010.pt'}"])
     assert result.returncode == 0, result.stderr[-2000:]
     table = (out / "results.md").read_text()
-    assert "| base | dpm++ | adp_4 | 4 |" in table and "| again | dpm++ | all | 100 |" in table
+    assert "| base | dpm++ | adp_4 | 4 |" in table and "| again | ddpm | all | 100 |" in table
+    assert "| dpm++ | all |" not in table  # the full-step reference: the first sampler's only
     assert "uniform_10" not in table  # --grids adp
     meta = next((out / "decode" / "again__dpm++__adp_4").rglob("*.meta.json"))
     assert json.loads(meta.read_text())["settings"]["sampler"]["sampler"] == "dpm++"

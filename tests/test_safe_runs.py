@@ -297,10 +297,10 @@ def test_reproduce_cells_are_keyed_on_the_checkpoint_and_settings(trained, tmp_p
 
     reproduce = _load_reproduce()
     cell = reproduce.Cell("base", "adp", 4)
-    args = argparse.Namespace(seed_list=[1], split="test", max_examples=3)
+    args = argparse.Namespace(seed_list=[1], split="test", max_examples=3, dtype="fp32")
     identity = ckpt.file_identity(trained / "model000010.pt")
     key = reproduce.cell_key(cell, identity, args, str(trained))
-    assert reproduce.cell_key(cell, identity, argparse.Namespace(seed_list=[1], split="test", max_examples=4),
+    assert reproduce.cell_key(cell, identity, argparse.Namespace(seed_list=[1], split="test", max_examples=4, dtype="fp32"),
                               str(trained)) != key
     other = reproduce.cell_key(cell, ckpt.file_identity(trained / "ema_0.9999_000010.pt"), args, str(trained))
     assert other != key
