@@ -1,5 +1,5 @@
-"""Reverse samplers (DDPM, DDIM, DPM-Solver++), each an object with ``set_timesteps`` / ``step`` and a saved config;
-clamping to the nearest word embedding; per-example noise; the reverse chain of a batch."""
+"""Reverse samplers (DDPM, DDIM, DPM-Solver++), each an object with ``set_timesteps`` / ``step`` and a
+saved config; clamping to the nearest word embedding; per-example noise; the reverse chain of a batch."""
 
 from .base import ReverseSampler, SamplerConfig
 from .chain import denoise
@@ -24,5 +24,5 @@ def sampler_from_config(values: dict) -> ReverseSampler:
     return create_sampler(SamplerConfig.from_dict(values))
 
 
-__all__ = ["SAMPLERS", "DDIMSampler", "DDPMSampler", "DPMSolverPlusPlusSampler", "ExampleNoise", "NearestEmbedding", "ReverseSampler",
-           "SamplerConfig", "blocked_argmin", "create_sampler", "denoise", "sampler_from_config"]
+__all__ = ["SAMPLERS", "DDIMSampler", "DDPMSampler", "DPMSolverPlusPlusSampler", "ExampleNoise", "NearestEmbedding",
+           "ReverseSampler", "SamplerConfig", "blocked_argmin", "create_sampler", "denoise", "sampler_from_config"]

@@ -35,11 +35,9 @@ def denoise(model: nn.Module, sampler: ReverseSampler, x_start: torch.Tensor, ma
     for index in sampler.timesteps:
         started = time.perf_counter()
         ts = sampler.model_timesteps(index, x.size(0), x.device)
-        if self_cond:  # the rows outside ``target`` come back as zeros; clamping below works in place
-            pred_x0 = model(x, ts, target, previous)
+        pred_x0 = model(x, ts, target, previous) if self_cond else model(x, ts, target)
+        if self_cond:  # the raw prediction (rows outside ``target`` are zeros); clamping below works in place
             previous = pred_x0.clone()
-        else:
-            pred_x0 = model(x, ts, target)
         if timings is not None:
             _sync(x.device)
             timings["network"] = timings.get("network", 0.0) + time.perf_counter() - started
