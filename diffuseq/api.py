@@ -64,7 +64,6 @@ class Seq2SeqDiffusion:
         of its folder; ``device`` defaults to CUDA when available; ``dtype`` is the network's autocast."""
         device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        keep_freed_memory_on(device)
         config, vocab, model = load_checkpoint(Path(path), device)
         return cls(model, config, vocab, device, dtype, Path(path))
 
@@ -90,6 +89,7 @@ class Seq2SeqDiffusion:
         text does not depend on ``batch_size`` or on which process decodes it. ``trajectory`` (if
         given) receives each step's x_0 prediction of all the examples, in order.
         """
+        keep_freed_memory_on(self.device)
         indices = indices if indices is not None else range(len(data))
         starts = range(indices.start, indices.stop, batch_size)
         bar = None

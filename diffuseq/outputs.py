@@ -114,7 +114,10 @@ def check_outputs(files: list[Path], allow_mixed: bool = False) -> dict[str, lis
     for folder in {Path(f).parent for f in files}:
         for meta_file in sorted(folder.glob(f"*{META_SUFFIX}")):
             meta = read_meta(meta_file)
-            for entry in (meta or {}).get("seeds", {}).values():
+            if meta is None or not isinstance(meta.get("seeds"), dict):
+                raise UserError(f"{meta_file} is not a readable decode meta file (truncated or changed): the files "
+                                f"it describes cannot be checked; decode them again")
+            for entry in meta["seeds"].values():
                 if isinstance(entry, dict) and "file" in entry:
                     owners[(folder / entry["file"]).resolve()] = (meta_file.name, entry.get("sha256", ""))
     groups: dict[str, list[Path]] = {}

@@ -55,9 +55,10 @@ def run_script(script: str, args: list[str], launcher: list[str] | None = None, 
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """A non-zero exit with a short 'error:' message and no traceback."""
+    """A non-zero exit with a short 'error:' message, at most two lines on stderr and no traceback."""
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     for fragment in fragments:

@@ -149,9 +149,18 @@ def test_a_diffuseq_folder_decodes(trained, tmp_path):
     (("--split", "dev"), "invalid choice"),
     (("--clamp_step", "-1"), "--clamp_step must be >= 0"),
     (("--eta", "5"), "--eta must be -1"),
-    (("--top_p", "-1"), "--top_p must be >= 0"),
+    (("--top_p", "-1"), "--top_p must be a finite number >= 0"),
     (("--max_examples", "0"), "--max_examples must be positive"),
     (("--decode_respacing", "[0,5]"), "positive step counts"),
+    (("--eta", "-0.5"), "--eta must be -1 (DDPM) or in [0, 1]"),
+    (("--eta", "nan"), "--eta must be -1 (DDPM) or in [0, 1]"),
+    (("--sampler", "dpm++", "--eta", "0"), "--sampler dpm++ takes no --eta"),
+    (("--sampler", "ddpm", "--eta", "0.5"), "--sampler ddpm takes no --eta"),
+    (("--seeds", ","), "--seeds must be comma-separated integers"),
+    (("--seeds", "1,,2"), "--seeds must be comma-separated integers"),
+    (("--seeds", "1,1"), "--seeds names a seed twice"),
+    (("--seeds=-1",), "decoding seeds must be in 0..4294967295"),
+    (("--seed2=-3",), "decoding seeds must be in 0..4294967295"),
 ])
 def test_bad_decode_flags(trained, tmp_path, flags, message):
     assert_clean_error(_decode(trained / "model000030.pt", tmp_path / "out", *flags), message)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -75,6 +76,75 @@ def test_continuing_in_the_folder_takes_its_settings(trained, toy, tmp_path):
     assert trainer.step == 12 and trainer.diffusion.num_timesteps == 50
     args = json.loads((copy / "training_args.json").read_text())
     assert args["learning_steps"] == 12 and args["diffusion_steps"] == 50 and args["data_dir"] == str(toy.resolve())
+    # the intervals are the run's (10 / 5 / 10), not the defaults (50000 / 20 / 1000)
+    assert (args["save_interval"], args["log_interval"], args["eval_interval"]) == (10, 5, 10)
+    trainer = train(parse_train_args(["--checkpoint_path", str(copy), "--learning_steps", "14", "--save_interval",
+                                      "1"]))
+    assert json.loads((copy / "training_args.json").read_text())["save_interval"] == 1
+    assert ckpt.complete_steps(copy)[:2] == [14, 13]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def test_a_truncated_checkpoint_never_restarts_a_run_from_scratch(trained, toy, tmp_path):
+    """A crash mid-save or a damaged file: ``auto`` and the plain restart refuse a folder with no complete
+    checkpoint (nothing written), and skip an incomplete newest one with a warning."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    _truncate(copy / "model000010.pt")
+    before = _snapshot(copy)
+    for flags in (["--resume_checkpoint", "auto", "--learning_steps", "20"], ["--learning_steps", "20"],
+                  tiny_args(toy, copy, learning_steps=20, save_interval=10, diff_steps=50)):
+        with pytest.raises(UserError, match="holds checkpoint files \\(newest: step 10\\) but no complete checkpoint"):
+            train(parse_train_args(["--checkpoint_path", str(copy), *flags]))
+        assert _snapshot(copy) == before
+    two = tmp_path / "two"
+    constant = {"save_interval": 2, "diff_steps": 50, "lr_schedule": "constant"}  # the same lr whatever the length
+    train(parse_train_args(tiny_args(toy, two, learning_steps=4, **constant)))
+    _truncate(two / "ema_0.9999_000004.pt")
+    trainer = train(parse_train_args(["--checkpoint_path", str(two), "--resume_checkpoint", "auto",
+                                      "--learning_steps", "5"]))
+    assert trainer.step == 5 and ckpt.complete_steps(two) == [5, 4, 2]
+    reference = tmp_path / "reference"  # the same run never interrupted: step 5 is bitwise the same
+    train(parse_train_args(tiny_args(toy, reference, learning_steps=5, **constant)))
+    assert (two / "model000005.pt").read_bytes() == (reference / "model000005.pt").read_bytes()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"gradient_clipping": "nan"}, "--gradient_clipping must be a finite number"),
+    ({"ema_rate": "0.9,,0.99"}, "--ema_rate must be comma-separated numbers in [0, 1)"),
+    ({"ema_rate": "0.9,0.9"}, "--ema_rate names a rate twice"),
+    ({"seq_len": 2}, "--seq_len must be in 7..512"),
+    ({"seq_len": 1000}, "--seq_len must be in 7..512"),
+    ({"simi_penalty": "l2_noise", "simi_noise": -1}, "--simi_noise must be a finite number > 0"),
+    ({"weight_decay": "inf"}, "--weight_decay must be a finite number >= 0"),
+    ({"simi_penalty": "cosine", "simi_lambda": "nan"}, "--simi_lambda must be a finite number"),
+])
+def test_bad_training_values_are_refused_when_parsed(toy, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_train_args(tiny_args(toy, tmp_path / "run", **overrides))
+
+
+def test_bad_training_data_and_vocabularies_are_one_line_errors(toy, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_pairs(empty / "train.jsonl", [("", "")] * 4)
+    write_pairs(empty / "valid.jsonl", [("a", "b")])
+    assert_clean_error(run_script("run_train.py", tiny_args(empty, tmp_path / "o1")),
+                       'train.jsonl: every "src" and "trg" is empty')
+    (tmp_path / "words.txt").write_text("\n\n")
+    assert_clean_error(run_script("run_train.py", tiny_args(toy, tmp_path / "o2", vocab=tmp_path / "words.txt")),
+                       "holds no words")
+    no_weights = tmp_path / "bert_config_only"  # a BERT config.json without the weights
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps({"num_hidden_layers": 2, "hidden_size": 32,
+                                                        "num_attention_heads": 2, "intermediate_size": 64}))
+    result = run_script("run_train.py", tiny_args(toy, tmp_path / "o3", use_plm_init="bert", config_name=no_weights))
+    assert_clean_error(result, "--use_plm_init bert needs BERT weights")
+    assert len(result.stderr.strip().splitlines()) == 1  # checked before the vocabulary is learned
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bert_config_only", "empty", "words.txt"]
 
 
 def test_post_training_takes_the_architecture_from_its_checkpoint(trained, toy, tmp_path):
@@ -243,6 +313,34 @@ def test_eval_refuses_mixed_or_changed_outputs(trained, tmp_path):
     changed.write_text(changed.read_text().replace("[CLS]", "[CLS] x", 1))
     assert_clean_error(run_script("scripts/eval_seq2seq.py", evaluate + ["--pattern", "*adp_4*"]),
                        "is not the file its decode wrote")
+
+
+def test_eval_refuses_a_damaged_meta_and_bad_flags_in_one_line(trained, tmp_path):
+    out = tmp_path / "out"
+    assert _decode(trained / "model000010.pt", out, "--decode_respacing", "adp_4", "--seeds", "1,2").returncode == 0
+    samples = out / trained.name / "model000010.pt.samples"
+    evaluate = ["--folder", str(samples), "--no_corpus_bleu", "--no_progress"]
+    for flags, message in ((["--workers", "0"], "--workers must be at least 1"),
+                           (["--bogus"], "unrecognized arguments: --bogus")):
+        assert_clean_error(run_script("scripts/eval_seq2seq.py", evaluate + flags), message)
+    meta = next(samples.glob("*.meta.json"))
+    text = meta.read_text()
+    meta.write_text(text[:40])
+    assert_clean_error(run_script("scripts/eval_seq2seq.py", evaluate), "is not a readable decode meta file")
+    meta.unlink()  # no meta at all (DiffuSeq's outputs): scored, with a note that nothing was checked
+    result = run_script("scripts/eval_seq2seq.py", evaluate)
+    assert result.returncode == 0 and "note: no decode meta file describes these files" in result.stdout
+
+
+def test_ddim_without_eta_is_named_as_ddim_eta_0_not_as_ddpm(trained, tmp_path):
+    out = tmp_path / "out"
+    assert _decode(trained / "model000010.pt", out, "--decode_respacing", "adp_4", "--sampler", "ddim",
+                   "--seed2", "1").returncode == 0
+    assert _decode(trained / "model000010.pt", out, "--decode_respacing", "adp_4", "--seed2", "1").returncode == 0
+    assert _decode(trained / "model000010.pt", out, "--decode_respacing", "adp_4", "--eta", "0",
+                   "--seed2", "1").returncode == 0
+    names = sorted(p.name for p in (out / trained.name / "model000010.pt.samples").glob("seed*.json"))
+    assert [name.split("_respace")[0] for name in names] == ["seed1_step50_eta-1.0", "seed1_step50_eta0.0"]
 
 
 def test_decode_a_second_time_keeps_earlier_seeds_of_the_same_decode(trained, tmp_path):

@@ -130,8 +130,8 @@ def test_bad_data_inputs(toy, tmp_path):
 
 
 def test_bad_flags(toy, tmp_path):
-    with pytest.raises(UserError, match="seq_len 5 is too small"):
-        train(_bad(tmp_path, toy, seq_len=5))
+    with pytest.raises(UserError, match="--seq_len must be in 7..512"):
+        _bad(tmp_path, toy, seq_len=5)
     with pytest.raises(UserError, match="invalid choice"):
         _bad(tmp_path, toy, noise_schedule="quadratic")
     with pytest.raises(UserError, match="invalid choice"):

@@ -20,11 +20,13 @@ from ..config import DecodeConfig, parse_decode_args
 from ..decode import check_step_flag, run_decode
 from ..errors import UserError, run_cli
 from ..fileio import atomic_write_text
-from ..runtime import keep_freed_memory_on, start_command
+from ..runtime import start_command
 
 
 def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
     """``--input``: generate one line per source line, into ``--output`` (one file per seed) or stdout."""
+    if not Path(config.input).is_file():
+        raise UserError(f"--input {config.input} does not exist (a text file of source lines)")
     try:
         sources = Path(config.input).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
@@ -62,7 +64,6 @@ def main() -> int:
     start_command()
     config = parse_decode_args(sys.argv[1:])
     device = dist_util.setup()
-    keep_freed_memory_on(device)
     try:
         if config.input:
             decode_lines(config, Seq2SeqDiffusion.from_checkpoint(config.model_path, device, config.dtype))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..config.cli import CliArgumentParser
 from ..errors import UserError, run_cli
 from ..fileio import atomic_write_text
 from ..metrics import SpecialTokens, check_bertscore
@@ -30,8 +31,7 @@ logger = logging.getLogger("eval_seq2seq")
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     """Command-line flags (DiffuSeq's ``--folder --mbr --sos --eos --sep --pad`` and a few more)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--folder", required=True, help="folder of decoded outputs, one file per seed")
     p.add_argument("--pattern", default="*.json", help="glob of the output files inside --folder")
     p.add_argument("--mbr", action="store_true", help="score the MBR selection across files instead of diversity")
@@ -95,6 +95,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise UserError(f"{flag} {out_path}: its folder does not exist")
     if args.bertscore_batch_size < 1 or (args.bertscore_num_layers is not None and args.bertscore_num_layers < 1):
         raise UserError("--bertscore_batch_size and --bertscore_num_layers must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (default: all CPUs), got {args.workers}")
     special = SpecialTokens(sos=args.sos, eos=args.eos, sep=args.sep, pad=args.pad)
 
     t0 = time.perf_counter()

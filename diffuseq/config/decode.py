@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from .cli import build_parser, option
 from ..data.pairs import SPLITS
 from ..errors import UserError
-from ..samplers import SAMPLERS
+from ..samplers import SAMPLERS, SamplerConfig
 
 DTYPES = ("fp32", "bf16", "fp16")
 # Bridge-Gap's decoding flags for its rounding experiments: accepted at their defaults only
@@ -73,14 +73,29 @@ class DecodeConfig:
             raise UserError("--output goes with --input (a file of source lines)")
         if self.input and self.evaluate:
             raise UserError("--evaluate needs references: decode a split, not --input")
+        SamplerConfig(eta=self.eta, clamp_step=self.clamp_step, top_p=self.top_p).check()
+        if self.sampler in ("ddpm", "dpm++") and self.eta >= 0:
+            raise UserError(f"--sampler {self.sampler} takes no --eta (got {self.eta}); --eta in [0, 1] is DDIM's")
+        if self.sampler == "ddim" and self.eta == -1:
+            self.eta = 0.0  # DDIM with eta 0, named as a decode given --eta 0
         self.seed_list()
 
     def seed_list(self) -> list[int]:
-        """``--seeds`` as integers, else ``[--seed2]``."""
-        try:
-            return [int(s) for s in self.seeds.split(",") if s.strip()] or [self.seed2]
-        except ValueError:
-            raise UserError(f"--seeds must be comma-separated integers, got {self.seeds!r}") from None
+        """``--seeds`` as integers (distinct, in 0..2**32-1 as numpy's seeds), else ``[--seed2]``."""
+        if not self.seeds:
+            seeds = [self.seed2]
+        else:
+            try:
+                seeds = [int(s) for s in self.seeds.split(",")]
+            except ValueError:
+                raise UserError(f"--seeds must be comma-separated integers, e.g. 10,11,12; got {self.seeds!r}") \
+                    from None
+            if len(set(seeds)) < len(seeds):
+                raise UserError(f"--seeds names a seed twice: {self.seeds!r}")
+        for seed in seeds:
+            if not 0 <= seed < 2**32:
+                raise UserError(f"decoding seeds must be in 0..{2**32 - 1}, got {seed}")
+        return seeds
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

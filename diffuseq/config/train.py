@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 from ..diffusion.schedules import NOISE_SCHEDULES
 from .cli import build_parser, expand_app, option
 from ..errors import UserError
+from ..data.pairs import MAX_SEQ_LEN, MIN_SEQ_LEN
 from ..model import EncoderConfig
 from ..training.penalty import PENALTIES
 from ..training.timesteps import TIMESTEP_SAMPLERS
@@ -143,8 +145,18 @@ class TrainConfig:
             raise UserError(f"--microbatch must be positive (or -1 for the whole batch), got {self.microbatch}")
         if not 0 <= self.lr < float("inf"):
             raise UserError(f"--lr must be a finite non-negative number, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.weight_decay < float("inf"):
+            raise UserError(f"--weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if math.isnan(self.gradient_clipping) or self.gradient_clipping == float("inf"):
+            raise UserError(f"--gradient_clipping must be a finite number (<= 0: off), got {self.gradient_clipping}")
+        if not MIN_SEQ_LEN <= self.seq_len <= MAX_SEQ_LEN:
+            raise UserError(f"--seq_len must be in {MIN_SEQ_LEN}..{MAX_SEQ_LEN} (one token of source and of target "
+                            f"with their start/end tokens and the [SEP], at most the encoder's positions), "
+                            f"got {self.seq_len}")
+        if self.simi_penalty.startswith("l2_noise") and not 0 < self.simi_noise < float("inf"):
+            raise UserError(f"--simi_noise must be a finite number > 0, got {self.simi_noise}")
+        if not math.isfinite(self.simi_lambda):
+            raise UserError(f"--simi_lambda must be a finite number, got {self.simi_lambda}")
         if self.simi_penalty in ("l2", "cosine", "kl") and not 1 <= self.simi_step < self.diffusion_steps:
             raise UserError(f"--simi_step must be in 1..{self.diffusion_steps - 1} (below the model's T = "
                             f"{self.diffusion_steps}), got {self.simi_step}")
@@ -164,7 +176,8 @@ class TrainConfig:
         return self.lr_schedule or ("constant" if self.simi_penalty else "linear")
 
     def ema_rates(self) -> list[str]:
-        rates = [r.strip() for r in str(self.ema_rate).split(",") if r.strip()]
+        """The EMA rates as written in the file names (``ema_<rate>_NNNNNN.pt``): distinct, each in [0, 1)."""
+        rates = [r.strip() for r in str(self.ema_rate).split(",")]
         for rate in rates:
             try:
                 ok = 0.0 <= float(rate) < 1.0
@@ -172,6 +185,8 @@ class TrainConfig:
                 ok = False
             if not ok:
                 raise UserError(f"--ema_rate must be comma-separated numbers in [0, 1), got {self.ema_rate!r}")
+        if len({float(rate) for rate in rates}) < len(rates):
+            raise UserError(f"--ema_rate names a rate twice: {self.ema_rate!r}")
         return rates
 
     def encoder_config(self, folder: Path | None = None) -> EncoderConfig:

@@ -18,6 +18,7 @@ from .vocab import Vocabulary
 SPLITS = ("train", "valid", "test")
 # The shortest sequence holding one token per side: [CLS] a [SEP] [SEP] [CLS] b [SEP].
 MIN_SEQ_LEN = 7
+MAX_SEQ_LEN = 512  # the encoder's positions
 
 
 def read_jsonl_pairs(path: Path, max_examples: int | None = None) -> list[tuple[str, str]]:
@@ -35,6 +36,8 @@ def read_jsonl_pairs(path: Path, max_examples: int | None = None) -> list[tuple[
             break
     if not pairs:
         raise UserError(f"{path} holds no examples")
+    if not any(src.strip() or trg.strip() for src, trg in pairs):
+        raise UserError(f"{path}: every \"src\" and \"trg\" is empty")
     return pairs
 
 
@@ -88,8 +91,8 @@ def encode_pairs(pairs: list[tuple[str, str]], vocab: Vocabulary, seq_len: int) 
     if seq_len < MIN_SEQ_LEN:
         raise UserError(f"--seq_len {seq_len} is too small: it must hold at least one token of source and of "
                         f"target with their start/end tokens and the [SEP] ({MIN_SEQ_LEN})")
-    if seq_len > 512:
-        raise UserError(f"--seq_len {seq_len} exceeds the model's 512 positions")
+    if seq_len > MAX_SEQ_LEN:
+        raise UserError(f"--seq_len {seq_len} exceeds the model's {MAX_SEQ_LEN} positions")
     src_ids = vocab.encode_batch([src for src, _ in pairs])
     trg_ids = vocab.encode_batch([trg for _, trg in pairs])
     merged = [merge_and_mask(s, t, vocab.sep_id, vocab.pad_id, seq_len) for s, t in zip(src_ids, trg_ids)]

@@ -120,6 +120,8 @@ class WordVocab(Vocabulary):
             fields = line.split()
             if fields and fields[0] not in stoi:
                 stoi[fields[0]] = len(stoi)
+        if len(stoi) == len(WORD_SPECIALS):
+            raise UserError(f"vocabulary {path} holds no words (one word per line, as DiffuSeq's vocab files)")
         return cls(stoi)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:

@@ -108,6 +108,9 @@ def score_files(files: Sequence[str | Path], special: SpecialTokens = SpecialTok
     notes = []
     if len(groups) > 1:
         logger.warning("scoring files of %d different decodes together (--allow_mixed)", len(groups))
+    elif "" in groups:
+        notes.append("no decode meta file describes these files (DiffuSeq's outputs have none): nothing checks "
+                     "that they come from one checkpoint and settings")
     outputs = [read_outputs(str(path), special) for path in files]
     check_aligned(outputs)
     if mbr and len(outputs) < 2:

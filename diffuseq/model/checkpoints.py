@@ -130,6 +130,12 @@ def complete_steps(folder: Path) -> list[int]:
     return sorted(steps, reverse=True)
 
 
+def newest_step(folder: Path) -> int | None:
+    """The largest step K of any checkpoint file in ``folder`` (complete or not), or None."""
+    steps = [int(m.group(1)) for p in Path(folder).glob("*.pt") if (m := _STEP_RE.match(p.name))]
+    return max(steps, default=None)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """``modelK.pt`` of the newest complete checkpoint in ``folder``, or None."""
     steps = complete_steps(folder)

@@ -33,6 +33,16 @@ class SamplerConfig:
     sigma_small: bool = False
     sampler: str = ""  # "" = DiffuSeq's rule: DDIM when eta >= 0, else DDPM
 
+    def check(self) -> None:
+        """Reject values no sampler accepts (one-line ``UserError``)."""
+        if not (self.eta == -1 or 0 <= self.eta <= 1):
+            raise UserError(f"--eta must be -1 (DDPM) or in [0, 1] (DDIM), got {self.eta}")
+        if self.clamp_step < 0:
+            raise UserError(f"--clamp_step must be >= 0 (0 clamps at every step, K only while the respaced index "
+                            f"is >= K), got {self.clamp_step}")
+        if not 0 <= self.top_p < float("inf"):
+            raise UserError(f"--top_p must be a finite number >= 0 (0: no noise truncation), got {self.top_p}")
+
     def resolved_sampler(self) -> str:
         return self.sampler or ("ddim" if self.eta >= 0 else "ddpm")
 
@@ -57,11 +67,7 @@ class ReverseSampler:
     name = ""
 
     def __init__(self, config: SamplerConfig) -> None:
-        if config.clamp_step < 0:
-            raise UserError(f"--clamp_step must be >= 0 (0 clamps at every step, K only while the respaced index "
-                            f"is >= K), got {config.clamp_step}")
-        if not config.top_p >= 0:
-            raise UserError(f"--top_p must be >= 0 (0: no noise truncation), got {config.top_p}")
+        config.check()
         config.sampler = self.name
         self.config = config
         self.base = GaussianDiffusion.from_schedule(config.noise_schedule, config.num_train_timesteps)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
 from .base import ReverseSampler, SamplerConfig
 
 
@@ -14,10 +13,8 @@ class DDIMSampler(ReverseSampler):
     name = "ddim"
 
     def __init__(self, config: SamplerConfig) -> None:
-        if config.eta < 0:
-            config.eta = 0.0
-        if config.eta > 1:
-            raise UserError(f"--eta must be -1 (DDPM) or in [0, 1] (DDIM), got {config.eta}")
+        config.check()
+        config.eta = max(config.eta, 0.0)  # --sampler ddim with DDPM's -1: DDIM with eta 0
         super().__init__(config)
 
     def uses_noise(self, index: int) -> bool:

@@ -15,6 +15,7 @@ class DDPMSampler(ReverseSampler):
     name = "ddpm"
 
     def __init__(self, config: SamplerConfig) -> None:
+        config.check()
         if config.eta >= 0:
             raise UserError(f"--sampler ddpm takes no --eta (got {config.eta}); --eta >= 0 selects DDIM")
         super().__init__(config)

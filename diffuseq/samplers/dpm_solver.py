@@ -29,6 +29,7 @@ class DPMSolverPlusPlusSampler(ReverseSampler):
     second_order = True
 
     def __init__(self, config: SamplerConfig) -> None:
+        config.check()
         if config.eta >= 0:
             raise UserError(f"--sampler dpm++ is deterministic and takes no --eta (got {config.eta})")
         super().__init__(config)

@@ -52,7 +52,6 @@ class Trainer:
         self.vocab = vocab
         self.device = device
         self.rank, self.world = dist_util.rank(), dist_util.world_size()
-        keep_freed_memory_on(device)
         self.is_main = self.rank == 0
 
         train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len)
@@ -142,6 +141,10 @@ class Trainer:
                 seed_everything(self.cfg.seed * 1000 + self.rank + step)
         else:
             seed_everything(self.cfg.seed * 1000 + self.rank + step)
+        missing = [f.name for f in (opt_file, state_file) if not f.is_file()]
+        if missing and self.is_main:
+            logger.warning("%s has no %s: the optimizer state, data position or RNGs start afresh (not an exact "
+                           "continuation)", folder, " / ".join(missing))
         if self.is_main:
             logger.info("resumed from %s at step %d", path, step)
 
@@ -287,6 +290,7 @@ class Trainer:
     def run(self) -> None:
         """Train until ``learning_steps``; save every ``save_interval`` steps, at the end and on SIGTERM/SIGINT."""
         cfg = self.cfg
+        keep_freed_memory_on(self.device)
         ddp_model: nn.Module = self.model
         if self.world > 1:
             ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

@@ -38,9 +38,10 @@ from .loop import Trainer
 
 logger = logging.getLogger(__name__)
 
-# May differ when a run continues in its folder: how long it runs and what it logs.
-MUTABLE = ("learning_steps", "save_interval", "log_interval", "eval_interval", "wandb", "max_bad_steps", "notes",
-           "resume_checkpoint", "checkpoint_path")
+# May differ when a run continues in its folder: how long it runs and what it logs (the folder's values
+# unless given again), and where it logs to and starts from (the command's).
+SCHEDULE = ("learning_steps", "save_interval", "log_interval", "eval_interval", "max_bad_steps", "notes")
+MUTABLE = (*SCHEDULE, "wandb", "resume_checkpoint", "checkpoint_path")
 # Fixed by the checkpoint a post-training starts from.
 ARCHITECTURE = ("seq_len", "hidden_dim", "hidden_t_dim", "diffusion_steps", "noise_schedule", "vocab", "vocab_size",
                 "config_name", "self_cond")
@@ -113,9 +114,34 @@ def _adopt(cfg: TrainConfig, saved: TrainConfig, keys: tuple[str, ...], source: 
             setattr(cfg, key, getattr(saved, key))
 
 
+def _own_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint of the run in ``folder``, or None for a folder without checkpoints.
+
+    Checkpoint files with no complete checkpoint among them (a truncated file, a crash while
+    saving, a DiffuSeq folder without ``trainstateNNNNNN.pt``) are an error, not a fresh start;
+    a newer incomplete checkpoint above a complete one is skipped with a warning.
+    """
+    if not folder.is_dir():
+        return None
+    own, newest = ckpt.latest_checkpoint(folder), ckpt.newest_step(folder)
+    if newest is None or (own is not None and ckpt.parse_step(own) >= newest):
+        return own
+    if own is None:
+        raise UserError(f"{folder} holds checkpoint files (newest: step {newest}) but no complete checkpoint "
+                        f"(trainstateNNNNNN.pt and the sizes it records): continue from one file with "
+                        f"--resume_checkpoint FILE and a new --checkpoint_path")
+    logger.warning("%s: the checkpoint of step %d is incomplete (a file is missing or truncated); continuing from "
+                   "step %d, the newest complete one", folder, newest, ckpt.parse_step(own))
+    return own
+
+
 def _resolve_resume(cfg: TrainConfig, folder: Path) -> tuple[Path | None, bool]:
     """The checkpoint to start from and whether it continues the run of ``folder``."""
-    own = ckpt.latest_checkpoint(folder) if folder.is_dir() else None
+    explicit = cfg.resume_checkpoint not in ("", "auto")
+    if explicit and Path(cfg.resume_checkpoint).resolve().parent == folder.resolve():
+        own = None  # a checkpoint of this folder named explicitly: it alone decides
+    else:
+        own = _own_checkpoint(folder)
     if cfg.resume_checkpoint in ("", "auto"):
         if cfg.resume_checkpoint == "auto" and own is None:
             logger.info("--resume_checkpoint auto: no complete checkpoint in %s, starting from scratch", folder)
@@ -155,6 +181,9 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
         keys = tuple(k for k in saved.field_names() if k not in MUTABLE and k != "vocab_source")
         _adopt(cfg, saved, keys, args_file, folder,
                "this folder's run; continue it with the same settings or pick a new --checkpoint_path")
+        for key in SCHEDULE:
+            if key not in cfg.given:
+                setattr(cfg, key, getattr(saved, key))
     elif resume is not None and not exact:
         source_args = resume.parent / "training_args.json"
         if not source_args.is_file():
@@ -165,6 +194,8 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
     if not cfg.data_dir:
         raise UserError("give --data_dir (a folder of train/valid/test.jsonl)")
     cfg.validate()
+    if cfg.use_plm_init == "bert" and resume is None:
+        bert_weights_folder(cfg.config_name)
     for split in ("train", "valid"):
         read_jsonl_pairs(split_path(Path(cfg.data_dir), split))
     if resume is not None and ckpt.parse_step(resume) >= cfg.learning_steps:
