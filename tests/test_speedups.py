@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from helpers import ROOT
 from torch import nn
 
-from diffuseq.samplers import blocked_argmin
+from diffuseq.samplers import NearestEmbedding, blocked_argmin
 from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout
+from diffuseq.model.kernels import Linear, dropout, onednn_linear_available
 from diffuseq.training import cross_entropy as losses
 from diffuseq.training.cross_entropy import token_cross_entropy
 
@@ -75,7 +76,7 @@ def test_attention_with_dropout_matches_sdpa_and_its_formula(p):
     q, k, v = (torch.randn(2, 3, 6, 8, requires_grad=True) for _ in range(3))
     grad = torch.randn(2, 3, 6, 8)
     results = []
-    for attend in (lambda: F.dropout(torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1), p) @ v,
+    for attend in (lambda: dropout(torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1), p, True) @ v,
                    lambda: attention_with_dropout(q, k, v, p)):
         torch.manual_seed(2)  # the same dropout draws
         out = attend()
@@ -84,6 +85,52 @@ def test_attention_with_dropout_matches_sdpa_and_its_formula(p):
         torch.testing.assert_close(got, expected)
     if p == 0:
         torch.testing.assert_close(results[1][0], F.scaled_dot_product_attention(q, k, v).detach())
+
+
+def test_dropout_keeps_where_a_uniform_draw_is_at_least_p_and_scales():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1000, requires_grad=True)
+    grad = torch.randn(64, 1000)
+    torch.manual_seed(5)
+    out = dropout(x, 0.3, True)
+    torch.manual_seed(5)
+    keep = torch.rand(64, 1000) >= 0.3  # the draw it makes, by hand
+    torch.testing.assert_close(out, torch.where(keep, x / 0.7, 0.0), rtol=1e-6, atol=0)
+    (x_grad,) = torch.autograd.grad(out, x, grad)
+    torch.testing.assert_close(x_grad, torch.where(keep, grad / 0.7, 0.0), rtol=1e-6, atol=0)
+    assert abs((out == 0).float().mean().item() - 0.3) < 0.005  # 64,000 draws: sd 0.0018
+    assert torch.equal(dropout(x, 0.3, False), x)  # evaluation: the identity, as F.dropout
+    half = x.detach().bfloat16()
+    torch.manual_seed(5)
+    by_us = dropout(half, 0.3, True)
+    torch.manual_seed(5)
+    assert torch.equal(by_us, F.dropout(half, 0.3, True))  # other dtypes: F.dropout itself
+
+
+def test_onednn_linear_matches_f_linear_forward_and_backward():
+    torch.manual_seed(0)
+    layer = Linear(48, 24)
+    x = torch.randn(3, 7, 48, requires_grad=True)
+    grad = torch.randn(3, 7, 24)
+    results = []
+    for forward in (layer, lambda h: F.linear(h, layer.weight, layer.bias)):
+        out = forward(x)
+        results.append([out, *torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)])
+    if onednn_linear_available():
+        assert "OneDNN" in type(layer(x).grad_fn).__name__
+    for ours, plain in zip(*results):
+        torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_nearest_embedding_is_the_same_through_onednn_and_mm():
+    torch.manual_seed(0)
+    emb, x = torch.randn(1000, 32), torch.randn(300, 32)  # 1000 is no multiple of the argmin block
+    fast, plain = NearestEmbedding(emb), NearestEmbedding(emb)
+    plain.packed = None
+    assert fast.packed is not None or not onednn_linear_available()
+    ids = fast.nearest_ids(x)
+    assert torch.equal(ids, plain.nearest_ids(x))
+    assert torch.equal(ids, torch.cdist(x, emb).argmin(-1))
 
 
 def test_blocked_argmin_is_torch_argmin_with_ties():

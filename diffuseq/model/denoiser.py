@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .encoder import LAYER_NORM_EPS, BertEncoder, EncoderConfig
+from .kernels import Dropout, Linear
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -40,21 +41,21 @@ class TransformerNetModel(nn.Module):
         self.self_cond = self_cond
         hidden = cfg.hidden_size
         self.word_embedding = nn.Embedding(vocab_size, hidden_dim)
-        self.lm_head = nn.Linear(hidden_dim, vocab_size)
+        self.lm_head = Linear(hidden_dim, vocab_size)
         self.lm_head.weight = self.word_embedding.weight
-        self.time_embed = nn.Sequential(nn.Linear(hidden_t_dim, 4 * hidden_t_dim), nn.SiLU(),
-                                        nn.Linear(4 * hidden_t_dim, hidden))
+        self.time_embed = nn.Sequential(Linear(hidden_t_dim, 4 * hidden_t_dim), nn.SiLU(),
+                                        Linear(4 * hidden_t_dim, hidden))
         if hidden_dim != hidden:
-            self.input_up_proj = nn.Sequential(nn.Linear(hidden_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden))
+            self.input_up_proj = nn.Sequential(Linear(hidden_dim, hidden), nn.Tanh(), Linear(hidden, hidden))
         if self_cond:
-            self.self_cond_proj = nn.Linear(hidden_dim, hidden)
+            self.self_cond_proj = Linear(hidden_dim, hidden)
         self.input_transformers = BertEncoder(cfg, dropout)
         self.register_buffer("position_ids", torch.arange(cfg.max_positions).expand((1, -1)))
         self.position_embeddings = nn.Embedding(cfg.max_positions, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if hidden_dim != hidden:
-            self.output_down_proj = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, hidden_dim))
+            self.output_down_proj = nn.Sequential(Linear(hidden, hidden), nn.Tanh(), Linear(hidden, hidden_dim))
 
     @property
     def vocab_size(self) -> int:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .kernels import packed_linear
+from .kernels import Dropout, dropout, packed_linear
 
 MAX_POSITIONS = 512
 LAYER_NORM_EPS = 1e-12
@@ -101,7 +101,7 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p:
     b, heads, n, d = q.shape
     q, k, v = (x.reshape(b * heads, n, d) for x in (q, k, v))
     scores = torch.bmm(q, k.transpose(1, 2)).mul_(d ** -0.5)
-    probs = F.dropout(torch.softmax(scores, dim=-1), p)
+    probs = dropout(torch.softmax(scores, dim=-1), p, True)
     return torch.bmm(probs, v).view(b, heads, n, d)
 
 
@@ -112,7 +112,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         projected = packed_linear(self.dense, h, (self.dense.weight, self.dense.bias))

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..model.kernels import onednn_eligible
 
 ARGMIN_BLOCK = 64  # vocabulary entries per block of the two-pass argmin
 
@@ -46,6 +47,9 @@ class NearestEmbedding:
         scaled = embeddings.new_zeros(padded, dim)
         scaled[:vocab] = embeddings * -2  # exact: a power of two
         self.scaled_t = scaled.t().contiguous()
+        self.packed = None  # oneDNN's blocked layout of ``scaled`` (float32 on a CPU), the norms as its bias
+        if onednn_eligible(scaled, scaled):
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(scaled, self.ROWS)
 
     def nearest_ids(self, x: torch.Tensor) -> torch.Tensor:
         """Ids of the nearest embeddings of the vectors in ``x`` [..., d] (shape [...])."""
@@ -54,7 +58,10 @@ class NearestEmbedding:
         scores = flat.new_empty(min(self.ROWS, flat.size(0)), self.scaled_t.size(1))
         for start in range(0, flat.size(0), self.ROWS):
             rows = flat[start:start + self.ROWS]
-            block = torch.mm(rows, self.scaled_t, out=scores[:rows.size(0)]).add_(self.sq_norms)
+            if self.packed is not None and flat.dtype == torch.float32:
+                block = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.sq_norms, "none", [], "")
+            else:
+                block = torch.mm(rows, self.scaled_t, out=scores[:rows.size(0)]).add_(self.sq_norms)
             ids[start:start + rows.size(0)] = blocked_argmin(block)
         return ids.view(x.shape[:-1])
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..model.kernels import onednn_eligible, onednn_matmul_t
+
 CE_BLOCK_ELEMENTS = 2**21  # logits per block of rows (8 MB in float32): small enough to stay in cache
 # log of the smallest normal float32: exp() below it gives denormals (very slow on CPUs) or zeros
 LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
@@ -55,19 +57,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ce = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)
         step = max(1, CE_BLOCK_ELEMENTS // vocab)
         scratch = None if dtype == torch.float32 else torch.empty(step, vocab, dtype=dtype, device=hidden.device)
+        onednn = scratch is None and onednn_eligible(x, w)
         for start in range(0, ids.numel(), step):
             block = slice(start, start + step)
             idx = ids[block, None]
-            logits = log_probs[block]
-            if scratch is None:
-                torch.addmm(b, x[block], w.t(), out=logits)
+            if onednn:
+                logits = onednn_matmul_t(x[block], w, b)
+            elif scratch is None:
+                logits = torch.addmm(b, x[block], w.t())
             else:
-                logits.copy_(torch.addmm(b, x[block], w.t(), out=scratch[:logits.size(0)]))
+                logits = torch.addmm(b, x[block], w.t(), out=scratch[:idx.size(0)]).float()
             target = logits.gather(1, idx)
             torch.maximum(logits, logits.amax(1, keepdim=True) + floor, out=logits)
             raised = logits.gather(1, idx) - target  # what the floor added to the target logit (mostly 0)
-            torch.log_softmax(logits, 1, out=logits)
-            ce[block] = (raised - logits.gather(1, idx)).squeeze(1)
+            out = log_probs[block]
+            torch.log_softmax(logits, 1, out=out)
+            ce[block] = (raised - out.gather(1, idx)).squeeze(1)
         ctx.workspace = workspace
         if keep:
             ctx.save_for_backward(x, w, ids)
@@ -89,6 +94,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros(w.size(0), dtype=torch.float32, device=w.device)
         step = max(1, CE_BLOCK_ELEMENTS // w.size(0))
         scratch = None if x.dtype == torch.float32 else torch.empty(step, w.size(0), dtype=x.dtype, device=x.device)
+        onednn = scratch is None and onednn_eligible(x, w)
         # The incoming per-row gradient g is scaled by 2^64 before it meets the probabilities and the
         # sums are scaled back once at the end: a power of two changes no rounding, but the products of
         # tiny probabilities and g * x (~1e-34 * 1e-5) stay normal floats instead of denormals, which
@@ -101,7 +107,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad[torch.arange(grad.size(0), device=grad.device), ids[block]] -= 1
             g = scaled_g[block, None]
             grad_b.addmv_(grad.t(), g.squeeze(1))
-            if scratch is None:  # g scales the small factors: g * (G @ W) and G.T @ (g * x)
+            if onednn:  # g scales the small factors: g * (G @ W) and G.T @ (g * x)
+                torch.mul(onednn_matmul_t(grad, w.t()), grad_ce[block, None], out=grad_x[block])
+                grad_w.add_(onednn_matmul_t(grad.t(), (x[block] * g).t()))
+            elif scratch is None:
                 torch.mul(grad @ w, grad_ce[block, None], out=grad_x[block])
                 grad_w.addmm_(grad.t(), x[block] * g)
             else:  # g scales G as it is rounded to the matmul dtype, as in F.cross_entropy's backward
