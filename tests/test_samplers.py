@@ -49,7 +49,7 @@ def test_sampler_choice_follows_diffuseqs_eta_rule_and_refuses_contradictions():
     assert create_sampler(SamplerConfig(100, sampler="ddim")).config.eta == 0.0
     with pytest.raises(UserError, match="takes no --eta"):
         create_sampler(SamplerConfig(100, eta=0.0, sampler="ddpm"))
-    with pytest.raises(UserError, match="deterministic and takes no --eta"):
+    with pytest.raises(UserError, match="--sampler dpm\\+\\+ takes no --eta"):
         create_sampler(SamplerConfig(100, eta=0.3, sampler="dpm++"))
 
 

@@ -73,9 +73,7 @@ class DecodeConfig:
             raise UserError("--output goes with --input (a file of source lines)")
         if self.input and self.evaluate:
             raise UserError("--evaluate needs references: decode a split, not --input")
-        SamplerConfig(eta=self.eta, clamp_step=self.clamp_step, top_p=self.top_p).check()
-        if self.sampler in ("ddpm", "dpm++") and self.eta >= 0:
-            raise UserError(f"--sampler {self.sampler} takes no --eta (got {self.eta}); --eta in [0, 1] is DDIM's")
+        SamplerConfig(eta=self.eta, clamp_step=self.clamp_step, top_p=self.top_p, sampler=self.sampler).check()
         if self.sampler == "ddim" and self.eta == -1:
             self.eta = 0.0  # DDIM with eta 0, named as a decode given --eta 0
         self.seed_list()

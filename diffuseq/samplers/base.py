@@ -34,9 +34,11 @@ class SamplerConfig:
     sampler: str = ""  # "" = DiffuSeq's rule: DDIM when eta >= 0, else DDPM
 
     def check(self) -> None:
-        """Reject values no sampler accepts (one-line ``UserError``)."""
+        """Reject values no sampler accepts, and an ``eta`` that contradicts ``sampler`` (one-line ``UserError``)."""
         if not (self.eta == -1 or 0 <= self.eta <= 1):
             raise UserError(f"--eta must be -1 (DDPM) or in [0, 1] (DDIM), got {self.eta}")
+        if self.sampler in ("ddpm", "dpm++") and self.eta >= 0:
+            raise UserError(f"--sampler {self.sampler} takes no --eta (got {self.eta}); --eta in [0, 1] is DDIM's")
         if self.clamp_step < 0:
             raise UserError(f"--clamp_step must be >= 0 (0 clamps at every step, K only while the respaced index "
                             f"is >= K), got {self.clamp_step}")
@@ -67,8 +69,8 @@ class ReverseSampler:
     name = ""
 
     def __init__(self, config: SamplerConfig) -> None:
-        config.check()
         config.sampler = self.name
+        config.check()
         self.config = config
         self.base = GaussianDiffusion.from_schedule(config.noise_schedule, config.num_train_timesteps)
         self.set_timesteps(config.respacing)

@@ -29,9 +29,9 @@ def blocked_argmin(scores: torch.Tensor, block: int = ARGMIN_BLOCK) -> torch.Ten
 class NearestEmbedding:
     """Replace vectors by their nearest vocabulary embedding (L2), without a [V x N x d] tensor.
 
-    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): a matmul and an
-    argmin, ``ROWS`` vectors at a time so that their scores stay in the cache between
-    the matmul and the two passes of the argmin. The vocabulary is padded to a
+    argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): a matmul (in float32 on a CPU,
+    oneDNN's, with the squared norms as its bias) and an argmin, ``ROWS`` vectors at a time so
+    that their scores stay in the cache between the matmul and the two passes of the argmin. The vocabulary is padded to a
     multiple of ``ARGMIN_BLOCK`` with entries at infinite distance, never chosen.
     """
 
@@ -55,10 +55,11 @@ class NearestEmbedding:
         """Ids of the nearest embeddings of the vectors in ``x`` [..., d] (shape [...])."""
         flat = x.reshape(-1, x.size(-1)).to(self.embeddings.dtype)
         ids = torch.empty(flat.size(0), dtype=torch.long, device=flat.device)
-        scores = flat.new_empty(min(self.ROWS, flat.size(0)), self.scaled_t.size(1))
+        scores = None if self.packed is not None else flat.new_empty(min(self.ROWS, flat.size(0)),
+                                                                     self.scaled_t.size(1))
         for start in range(0, flat.size(0), self.ROWS):
             rows = flat[start:start + self.ROWS]
-            if self.packed is not None and flat.dtype == torch.float32:
+            if scores is None:
                 block = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.sq_norms, "none", [], "")
             else:
                 block = torch.mm(rows, self.scaled_t, out=scores[:rows.size(0)]).add_(self.sq_norms)

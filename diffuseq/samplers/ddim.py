@@ -13,8 +13,8 @@ class DDIMSampler(ReverseSampler):
     name = "ddim"
 
     def __init__(self, config: SamplerConfig) -> None:
-        config.check()
-        config.eta = max(config.eta, 0.0)  # --sampler ddim with DDPM's -1: DDIM with eta 0
+        if config.eta == -1:  # --sampler ddim with DDPM's default: DDIM with eta 0
+            config.eta = 0.0
         super().__init__(config)
 
     def uses_noise(self, index: int) -> bool:

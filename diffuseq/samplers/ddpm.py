@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
-from .base import ReverseSampler, SamplerConfig
+from .base import ReverseSampler
 
 
 class DDPMSampler(ReverseSampler):
@@ -13,12 +12,6 @@ class DDPMSampler(ReverseSampler):
     variance), truncated to ``|z| <= top_p`` when ``top_p > 0``; none at t = 0."""
 
     name = "ddpm"
-
-    def __init__(self, config: SamplerConfig) -> None:
-        config.check()
-        if config.eta >= 0:
-            raise UserError(f"--sampler ddpm takes no --eta (got {config.eta}); --eta >= 0 selects DDIM")
-        super().__init__(config)
 
     @property
     def noise_top_p(self) -> float:

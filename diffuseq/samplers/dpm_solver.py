@@ -18,8 +18,7 @@ import math
 
 import torch
 
-from ..errors import UserError
-from .base import ReverseSampler, SamplerConfig
+from .base import ReverseSampler
 
 
 class DPMSolverPlusPlusSampler(ReverseSampler):
@@ -27,12 +26,6 @@ class DPMSolverPlusPlusSampler(ReverseSampler):
 
     name = "dpm++"
     second_order = True
-
-    def __init__(self, config: SamplerConfig) -> None:
-        config.check()
-        if config.eta >= 0:
-            raise UserError(f"--sampler dpm++ is deterministic and takes no --eta (got {config.eta})")
-        super().__init__(config)
 
     def reset(self) -> None:
         self._previous: tuple[torch.Tensor, float] | None = None  # (x_0 prediction, lambda) of the last step
