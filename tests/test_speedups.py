@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -120,6 +121,15 @@ def test_onednn_linear_matches_f_linear_forward_and_backward():
         assert "OneDNN" in type(layer(x).grad_fn).__name__
     for ours, plain in zip(*results):
         torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_can_be_turned_off_from_the_environment():
+    code = ("import torch; from diffuseq.model.kernels import Linear; "
+            "print(type(Linear(4, 2)(torch.ones(3, 4, requires_grad=True)).grad_fn).__name__)")
+    names = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                            env={**os.environ, "DIFFUSEQ_ONEDNN": flag}).stdout.strip() for flag in ("1", "0")]
+    assert names[1] == "AddmmBackward0"
+    assert names[0] == ("_OneDNNLinearBackward" if onednn_linear_available() else "AddmmBackward0")
 
 
 def test_nearest_embedding_is_the_same_through_onednn_and_mm():

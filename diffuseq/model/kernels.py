@@ -11,8 +11,9 @@ float32 products 2.2x as fast. So in float32 on a CPU:
   once into oneDNN's blocked layout (what ``torch.compile`` does on a CPU) and fuses the bias
   and an optional GELU into the product.
 
-Both fall back to ``F.linear`` under autocast, off the CPU, for other dtypes, or where this
-PyTorch build lacks the oneDNN operators. The sums are the same products in another order:
+Both fall back to ``F.linear`` under autocast, off the CPU, for other dtypes, where this
+PyTorch build lacks the oneDNN operators, or with ``DIFFUSEQ_ONEDNN=0`` in the environment (for a
+CPU where ``bench/kernels_bench.py`` shows oneDNN losing). The sums are the same products in another order:
 results agree with ``F.linear`` to float32 rounding, and are the same from run to run.
 
 :func:`dropout` (and :class:`Dropout`) draws its keep mask as ``uniform >= p`` with the vectorised
@@ -24,17 +25,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
+OPT_OUT = "DIFFUSEQ_ONEDNN"
+
 
 @functools.lru_cache(maxsize=1)
 def onednn_linear_available() -> bool:
     """Whether this build runs oneDNN's linear, packed and on transposed views (checked once, on tiny inputs
-    made without any random generator, against F.linear)."""
+    made without any random generator, against F.linear); False with ``DIFFUSEQ_ONEDNN=0``."""
+    if os.environ.get(OPT_OUT, "1") == "0":
+        return False
     try:
         weight = torch.arange(32, dtype=torch.float32).view(8, 4).sin()
         bias, x = torch.arange(8, dtype=torch.float32).cos(), torch.arange(12, dtype=torch.float32).view(3, 4).cos()
