@@ -25,11 +25,10 @@ from .config import TrainConfig
 from .data import Seq2SeqData, encode_sources
 from .data.vocab import Vocabulary, decode_text
 from .model.checkpoints import load_checkpoint
-from .runtime import keep_freed_memory_on
+from .runtime import autocast_dtype, compile_model, keep_freed_memory_on
 from .samplers import ExampleNoise, NearestEmbedding, ReverseSampler, SamplerConfig, create_sampler, denoise
 
 logger = logging.getLogger(__name__)
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -42,30 +41,30 @@ class Generation:
 
 
 class Seq2SeqDiffusion:
-    """A trained denoiser with its vocabulary and diffusion settings, ready to decode."""
+    """A trained denoiser with its vocabulary and diffusion settings, ready to decode.
+
+    ``dtype`` is the network's autocast (fp32, bf16, fp16; fp16 runs on a CPU too, slowly); the
+    nearest-word distances of clamping are float32 whatever it is. ``compile`` runs the network
+    through ``torch.compile``.
+    """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, vocab: Vocabulary, device: torch.device,
-                 dtype: str = "fp32", checkpoint: Path | None = None) -> None:
-        if dtype == "fp16" and device.type != "cuda":
-            from .errors import UserError
-
-            raise UserError("--dtype fp16 needs a CUDA device; use bf16 on a CPU")
+                 dtype: str = "fp32", checkpoint: Path | None = None, compile: bool = False) -> None:
         self.model, self.config, self.vocab, self.device = model, config, vocab, device
         self.checkpoint = checkpoint
         self.dtype = dtype
-        embeddings = model.word_embedding.weight.detach()
-        autocast_dtype = AUTOCAST[dtype]
-        self.clamp = NearestEmbedding(embeddings.to(autocast_dtype) if autocast_dtype else embeddings)
+        self.network = compile_model(model) if compile else model
+        self.clamp = NearestEmbedding(model.word_embedding.weight.detach().float())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        dtype: str = "fp32") -> "Seq2SeqDiffusion":
+                        dtype: str = "fp32", compile: bool = False) -> "Seq2SeqDiffusion":
         """Load ``modelNNNNNN.pt`` / ``ema_<rate>_NNNNNN.pt`` with the ``training_args.json`` and vocabulary
         of its folder; ``device`` defaults to CUDA when available; ``dtype`` is the network's autocast."""
         device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         config, vocab, model = load_checkpoint(Path(path), device)
-        return cls(model, config, vocab, device, dtype, Path(path))
+        return cls(model, config, vocab, device, dtype, Path(path), compile)
 
     @property
     def num_timesteps(self) -> int:
@@ -97,8 +96,8 @@ class Seq2SeqDiffusion:
             from tqdm import tqdm
 
             bar = tqdm(total=len(starts) * sampler.num_steps, desc=f"seed {seed}", unit="step", dynamic_ncols=True)
-        autocast_dtype = AUTOCAST[self.dtype]
-        autocast = torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+        dtype = autocast_dtype(self.dtype)
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext()
         records, steps = [], []
         for start in starts:
             stop = min(start + batch_size, indices.stop)
@@ -108,7 +107,7 @@ class Seq2SeqDiffusion:
             noise = ExampleNoise(seed, range(start, stop), tuple(x_start.shape[1:]), self.device)
             batch_steps: list[torch.Tensor] | None = [] if trajectory is not None else None
             with autocast:
-                x0 = denoise(self.model, sampler, x_start, mask, noise, self.clamp,
+                x0 = denoise(self.network, sampler, x_start, mask, noise, self.clamp,
                              on_step=bar.update if bar is not None else None, trajectory=batch_steps)
                 tokens = self.model.get_logits(x0).argmax(dim=-1)
             if batch_steps is not None:

@@ -139,7 +139,8 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
     out_root = Path(config.out_dir)
     if out_root.exists() and not out_root.is_dir():
         raise UserError(f"--out_dir {out_root} is a file, not a folder")
-    api = api or Seq2SeqDiffusion.from_checkpoint(config.model_path, dist_util.current_device(), config.dtype)
+    api = api or Seq2SeqDiffusion.from_checkpoint(config.model_path, dist_util.current_device(), config.dtype,
+                                                  config.compile)
     respacing, eta = check_step_flag(config.step, api.num_timesteps, config.decode_respacing, config.eta)
     sampler = api.sampler(respacing, eta, config.clamp_step, config.top_p, config.clip_denoised, config.sigma_small,
                           config.sampler or ("ddim" if eta >= 0 else ""))

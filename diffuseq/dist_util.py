@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -27,11 +29,21 @@ def world_size() -> int:
 
 
 def setup() -> torch.device:
-    """Join the process group if launched under a distributed launcher; return this process's device."""
+    """Join the process group if launched under a distributed launcher; return this process's device.
+
+    With CUDA, local rank i takes GPU i; more processes on a node than GPUs is an error (two ranks on
+    one GPU make NCCL fail with an unclear message).
+    """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available()
     if use_cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        gpus = torch.cuda.device_count()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+        if local_rank >= gpus or local_world > gpus:
+            raise UserError(f"{max(local_world, local_rank + 1)} processes on this node but {gpus} GPU(s) visible: "
+                            f"launch with --nproc_per_node {gpus} (or fewer), or make more GPUs visible "
+                            f"(CUDA_VISIBLE_DEVICES)")
+        torch.cuda.set_device(local_rank)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
     return current_device()
@@ -40,6 +52,14 @@ def setup() -> torch.device:
 def current_device() -> torch.device:
     """This process's device: its CUDA device when there is one (see :func:`setup`), else the CPU."""
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def cpu_group() -> Any:
+    """A process group for small CPU tensors: the default one where it is gloo, else a new gloo group over
+    every rank (every rank must call this together)."""
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo")
 
 
 def cleanup() -> None:

@@ -71,3 +71,64 @@ def start_command() -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", datefmt="%H:%M:%S")
     return rank
+
+
+def autocast_dtype(precision: str):
+    """The autocast dtype of ``precision``: None for ``fp32`` (no autocast), bfloat16, float16."""
+    import torch
+
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cuda_tf32(enabled: bool | None = None) -> bool:
+    """Whether CUDA float32 matmuls and convolutions may use TF32; sets it first when ``enabled`` is given.
+
+    torch >= 2.9 spells it ``torch.backends.cuda.matmul.fp32_precision = "tf32" | "ieee"``, earlier
+    releases ``allow_tf32``; both are process-wide, so only a run that asked for TF32 (the training
+    and decoding commands on CUDA, by default) sets it.
+    """
+    import torch
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if enabled is not None:
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = "tf32" if enabled else "ieee"
+            conv.conv.fp32_precision = "tf32" if enabled else "ieee"
+        else:
+            matmul.allow_tf32 = enabled
+            conv.allow_tf32 = enabled
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return bool(matmul.allow_tf32)
+
+
+def use_tf32_on(device, enabled: bool, precision: str = "fp32") -> None:
+    """Apply ``--tf32`` for work in ``precision`` on ``device``, with one log line (nothing on a CPU)."""
+    if getattr(device, "type", device) != "cuda" or precision != "fp32":
+        return
+    cuda_tf32(enabled)
+    logger.info("float32 matmuls on CUDA %s (--tf32 %s%s)", "in TF32" if enabled else "in full float32 (IEEE)",
+                str(enabled).lower(), "; as torch 1.9, which the paper used, did by default" if enabled else "")
+
+
+class full_fp32_matmul:
+    """A context in which CUDA float32 matmuls run in full float32 even where TF32 is on (restored after)."""
+
+    def __enter__(self) -> "full_fp32_matmul":
+        self.previous = cuda_tf32()
+        if self.previous:
+            cuda_tf32(False)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.previous:
+            cuda_tf32(True)
+
+
+def compile_model(model):
+    """``torch.compile(model)`` (``--compile``), logged; the CPU fast paths of :mod:`diffuseq.model.kernels`
+    step aside inside a compiled graph so that the compiler sees plain operators."""
+    import torch
+
+    logger.info("torch.compile: the first steps compile the denoiser (seconds to minutes)")
+    return torch.compile(model)

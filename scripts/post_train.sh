@@ -6,6 +6,7 @@
 # step count with a constant learning rate (as Bridge-Gap). Checkpoints go to OUT (default:
 # <checkpoint folder>_post), so the same command started again continues where it stopped.
 # Environment: NPROC (default 4), BSZ (batch per process, default 100), STEPS (320000), OUT.
+# Several nodes: NNODES, NODE_RANK, MASTER_ADDR (see scripts/launch.sh).
 set -euo pipefail
 . "$(dirname "$0")/launch.sh"
 if [ $# -lt 2 ]; then echo "usage: bash scripts/post_train.sh DATA_DIR CHECKPOINT [flags...]" >&2; exit 2; fi

@@ -4,6 +4,7 @@
 # Environment: NPROC (processes; default: the number of GPUs, or 1), BSZ (batch per process, default 2048),
 # MICROBATCH (default 64), STEPS (default 50000), SEQ_LEN (default 128), VOCAB (default bert).
 # Paths are relative to where you call it from.
+# Several nodes: NNODES, NODE_RANK, MASTER_ADDR (see scripts/launch.sh).
 set -euo pipefail
 . "$(dirname "$0")/launch.sh"
 if [ $# -lt 1 ]; then echo "usage: bash scripts/train.sh DATA_DIR [DATASET_NAME] [flags...]" >&2; exit 2; fi

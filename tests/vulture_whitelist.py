@@ -39,3 +39,4 @@ _.forward  # diffuseq/model/encoder.py:141
 _.forward  # diffuseq/model/encoder.py:152
 _.forward  # diffuseq/model/encoder.py:164
 _.forward  # diffuseq/training/cross_entropy.py:48
+warmed_up  # diffuseq/training/timesteps.py: read by tests (a host read, not for the training step)

@@ -20,7 +20,7 @@ from ..config import DecodeConfig, parse_decode_args
 from ..decode import check_step_flag, run_decode
 from ..errors import UserError, run_cli
 from ..fileio import atomic_write_text
-from ..runtime import start_command
+from ..runtime import start_command, use_tf32_on
 
 
 def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
@@ -64,9 +64,11 @@ def main() -> int:
     start_command()
     config = parse_decode_args(sys.argv[1:])
     device = dist_util.setup()
+    use_tf32_on(device, config.tf32, config.dtype)
     try:
         if config.input:
-            decode_lines(config, Seq2SeqDiffusion.from_checkpoint(config.model_path, device, config.dtype))
+            decode_lines(config, Seq2SeqDiffusion.from_checkpoint(config.model_path, device, config.dtype,
+                                                                  config.compile))
         else:
             run_decode(config)
         return 0

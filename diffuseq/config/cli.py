@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 from dataclasses import field
 from typing import Any, Sequence
@@ -64,4 +65,22 @@ def expand_app(argv: Sequence[str]) -> list[str]:
             out += shlex.split(arg[len("--app="):])
         else:
             out.append(arg)
+    return out
+
+
+def take_local_rank(argv: Sequence[str]) -> list[str]:
+    """``argv`` without the ``--local-rank N`` / ``--local_rank=N`` that ``python -m torch.distributed.launch``
+    passes when ``--use_env`` is not given; its value goes to ``LOCAL_RANK`` if the launcher did not set it."""
+    out, args, value = [], list(argv), None
+    while args:
+        arg = args.pop(0)
+        name, eq, inline = arg.partition("=")
+        if name in ("--local-rank", "--local_rank"):
+            value = inline if eq else (args.pop(0) if args else "")
+            if not value.isdigit():
+                raise UserError(f"{name} must be a non-negative integer, got {value!r}")
+        else:
+            out.append(arg)
+    if value is not None:
+        os.environ.setdefault("LOCAL_RANK", value)
     return out

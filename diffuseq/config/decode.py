@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli import build_parser, option
+from .cli import build_parser, option, take_local_rank
 from ..data.pairs import SPLITS
 from ..errors import UserError
 from ..samplers import SAMPLERS, SamplerConfig
@@ -42,7 +42,11 @@ class DecodeConfig:
     out_dir: str = option("generation_outputs", "outputs go to OUT_DIR/<checkpoint folder>/<checkpoint>.samples/")
     data_dir: str = option("", "override the training data folder")
     max_examples: int | None = option(None, "decode only the first N inputs")
-    dtype: str = option("fp32", "autocast dtype of the network", choices=DTYPES)
+    dtype: str = option("fp32", "autocast dtype of the network (fp16 runs on a CPU too, slowly); nearest-word "
+                                "distances are float32 whatever it is", choices=DTYPES)
+    tf32: bool = option(True, "on CUDA with --dtype fp32: the network's matmuls in TF32 (as torch 1.9, which the "
+                              "paper used); false: full float32. No effect on a CPU")
+    compile: bool = option(False, "torch.compile the network (the first batch takes longer while it compiles)")
     input: str = option("", "a text file of source lines to decode instead of a split (see --output)")
     output: str = option("", "with --input: the file of generated lines (several seeds: one file per seed, "
                                 "<name>.seed<S><suffix>); default: standard output")
@@ -116,6 +120,6 @@ def parse_decode_args(argv: Sequence[str]) -> DecodeConfig:
     """Parse ``sample_seq2seq.py``'s command line into a validated config."""
     parser = build_parser(DecodeConfig, "Decode with a trained checkpoint: one jsonl file per seed of "
                                         "{\"recover\", \"reference\", \"source\"}.")
-    cfg = DecodeConfig.from_dict(vars(parser.parse_args(list(argv))))
+    cfg = DecodeConfig.from_dict(vars(parser.parse_args(take_local_rank(argv))))
     cfg.validate()
     return cfg

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..diffusion.schedules import NOISE_SCHEDULES
-from .cli import build_parser, expand_app, option
+from .cli import build_parser, expand_app, option, take_local_rank
 from ..errors import UserError
 from ..data.pairs import MAX_SEQ_LEN, MIN_SEQ_LEN
 from ..model import EncoderConfig
@@ -71,7 +71,11 @@ class TrainConfig:
     gradient_clipping: float = option(-1.0, "clip the gradient norm to this value (<= 0: off)")
     ema_rate: str = option("0.9999", "comma-separated EMA rates")
     use_fp16: bool = option(False, "DiffuSeq's flag: the same as --precision fp16")
-    precision: str = option("fp32", "autocast precision (fp32 = off; fp16 runs as bf16 on a CPU)", choices=PRECISIONS)
+    precision: str = option("fp32", "autocast precision: fp32 (off), bf16, fp16 (with loss scaling; on a CPU too, "
+                                    "slowly)", choices=PRECISIONS)
+    tf32: bool = option(True, "on CUDA in fp32: matmuls in TF32 (torch 1.9, which the paper used, did so by default); "
+                              "false: full float32. No effect on a CPU or with --precision bf16/fp16")
+    compile: bool = option(False, "torch.compile the denoiser (the first steps take longer while it compiles)")
     seed: int = option(101, "random seed")
     max_bad_steps: int = option(10, "stop after this many consecutive steps with a non-finite loss or gradient")
     # distance penalty post-training (Tang et al. 2023)
@@ -274,7 +278,7 @@ FIXED_SETTINGS: dict[str, tuple[Any, str]] = {
 def parse_train_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse ``run_train.py``'s command line into a validated config."""
     parser = build_parser(TrainConfig, "Train (or post-train) a DiffuSeq diffusion model.")
-    given = vars(parser.parse_args(expand_app(argv if argv is not None else sys.argv[1:])))
+    given = vars(parser.parse_args(take_local_rank(expand_app(argv if argv is not None else sys.argv[1:]))))
     cfg = TrainConfig.from_dict(given)
     cfg.given = frozenset(given)
     cfg.validate()

@@ -11,7 +11,7 @@ float32 products 2.2x as fast. So in float32 on a CPU:
   once into oneDNN's blocked layout (what ``torch.compile`` does on a CPU) and fuses the bias
   and an optional GELU into the product.
 
-Both fall back to ``F.linear`` under autocast, off the CPU, for other dtypes, where this
+Both fall back to ``F.linear`` under autocast, off the CPU, for other dtypes, inside ``torch.compile``, where this
 PyTorch build lacks the oneDNN operators, or with ``DIFFUSEQ_ONEDNN=0`` in the environment (for a
 CPU where ``bench/kernels_bench.py`` shows oneDNN losing). The sums are the same products in another order:
 results agree with ``F.linear`` to float32 rounding, and are the same from run to run.
@@ -56,10 +56,11 @@ def onednn_linear_available() -> bool:
 
 
 def onednn_eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``F.linear(x, weight)`` can run through oneDNN: float32 on a CPU, no autocast, rows to multiply."""
+    """Whether ``F.linear(x, weight)`` can run through oneDNN: float32 on a CPU, no autocast, rows to multiply,
+    outside a ``torch.compile`` graph (the compiler makes its own choice of kernels there)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and x.dim() >= 2 and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
-            and onednn_linear_available())
+            and not torch.compiler.is_compiling() and onednn_linear_available())
 
 
 def _needs_grad(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -153,7 +154,8 @@ class _Dropout(torch.autograd.Function):
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """``F.dropout(x, p, training)``; in float32 on a CPU, with the mask drawn by :class:`_Dropout`."""
-    if training and 0 < p < 1 and x.device.type == "cpu" and x.dtype == torch.float32:
+    if (training and 0 < p < 1 and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.compiler.is_compiling()):
         return _Dropout.apply(x, p)
     return F.dropout(x, p, training)
 

@@ -8,11 +8,18 @@ import torch
 
 
 class ExampleNoise:
-    """Gaussian noise drawn from one generator per example, seeded by (seed, example index)."""
+    """Gaussian noise drawn on ``device`` from one generator per example, seeded by (seed, example index).
+
+    The draws of an example depend only on the seed and its index, never on the batch or the process
+    it is decoded in. On a CPU the generators are CPU generators; on a GPU they live on the GPU
+    (its own Philox stream: the same text on every GPU, not the same numbers as on a CPU).
+    """
 
     def __init__(self, seed: int, indices: Iterable[int], shape: tuple[int, ...], device: torch.device,
                  dtype: torch.dtype = torch.float32) -> None:
-        self.generators = [torch.Generator().manual_seed((seed * 1_000_003 + int(i)) % (2**63 - 1)) for i in indices]
+        device = torch.device(device)
+        self.generators = [torch.Generator(device=device).manual_seed((seed * 1_000_003 + int(i)) % (2**63 - 1))
+                           for i in indices]
         self.shape, self.device, self.dtype = shape, device, dtype
 
     def draw(self, top_p: float = 0.0) -> torch.Tensor:
@@ -23,11 +30,11 @@ class ExampleNoise:
         """
         draws = []
         for gen in self.generators:
-            z = torch.randn(self.shape, generator=gen)
+            z = torch.randn(self.shape, generator=gen, device=self.device)
             if top_p > 0:
                 outside = z.abs() > top_p
                 while outside.any():
-                    z[outside] = torch.randn(int(outside.sum()), generator=gen)
+                    z[outside] = torch.randn(int(outside.sum()), generator=gen, device=self.device)
                     outside = z.abs() > top_p
             draws.append(z)
-        return torch.stack(draws).to(self.device, self.dtype)
+        return torch.stack(draws).to(self.dtype)

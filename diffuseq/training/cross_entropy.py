@@ -1,10 +1,12 @@
-"""The rounding loss's cross-entropy of ``lm_head(x)``, computed block by block without denormals."""
+"""The rounding loss's cross-entropy of ``lm_head(x)``: on a CPU block by block without denormals, on a GPU
+as ``F.cross_entropy`` of the logits in float32."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..model.kernels import onednn_eligible, onednn_matmul_t
@@ -13,6 +15,12 @@ CE_BLOCK_ELEMENTS = 2**21  # logits per block of rows (8 MB in float32): small e
 # log of the smallest normal float32: exp() below it gives denormals (very slow on CPUs) or zeros
 LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
 GRAD_SCALE = 2.0**64  # keeps the backward's products of tiny probabilities out of the denormal range
+
+
+def grad_scale(dtype: torch.dtype) -> float:
+    """The backward's scale for products in ``dtype``: 2^64 where the dtype has float32's range (float32,
+    bfloat16), 1 for float16, whose largest value is 65504 and whose loss scaling is GradScaler's."""
+    return GRAD_SCALE if torch.finfo(dtype).max > 1e38 else 1.0
 
 
 class CrossEntropyWorkspace:
@@ -98,8 +106,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # The incoming per-row gradient g is scaled by 2^64 before it meets the probabilities and the
         # sums are scaled back once at the end: a power of two changes no rounding, but the products of
         # tiny probabilities and g * x (~1e-34 * 1e-5) stay normal floats instead of denormals, which
-        # some CPUs (Intel's) process tens of times slower.
-        scaled_g = grad_ce * GRAD_SCALE
+        # some CPUs (Intel's) process tens of times slower. Not in float16 (2^64 overflows it): there
+        # G * g is rounded to float16 unscaled, as in F.cross_entropy's backward under autocast.
+        scale = grad_scale(x.dtype)
+        scaled_g = grad_ce * scale
         for start in range(0, ids.numel(), step):
             block = slice(start, start + step)
             # d ce / d logits = softmax - one_hot(ids), built in place of the log-probabilities
@@ -118,9 +128,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(grad, w, out=grad_x[block])
                 grad_w.add_(grad.t() @ x[block])
         if scratch is not None:
-            grad_x.mul_(1 / GRAD_SCALE)
-        grad_w.mul_(1 / GRAD_SCALE)
-        grad_b.mul_(1 / GRAD_SCALE)
+            grad_x.mul_(1 / scale)
+        grad_w.mul_(1 / scale)
+        grad_b.mul_(1 / scale)
         if ctx.workspace is not None:
             ctx.workspace.give_back(log_probs)
         return grad_x.to(hidden_dtype), grad_w.to(weight_dtype), grad_b.to(bias_dtype), None, None, None, None
@@ -129,13 +139,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def token_cross_entropy(hidden: torch.Tensor, lm_head: nn.Linear, ids: torch.Tensor,
                         mask: torch.Tensor | None = None,
                         workspace: CrossEntropyWorkspace | None = None) -> torch.Tensor:
-    """Per-example cross-entropy of ``lm_head(hidden)``, averaged over all positions or over ``mask == 1``."""
+    """Per-example cross-entropy of ``lm_head(hidden)``, averaged over all positions or over ``mask == 1``.
+
+    On a CPU the fused, blocked kernel above (a cache-sized block at a time, no denormals); elsewhere
+    (a GPU, whose memory bandwidth and denormal handling need neither) ``F.cross_entropy`` of the
+    logits in float32, the logits' product in the autocast dtype: a few kernels per call.
+    """
     device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
-    inputs = (hidden.flatten(0, 1), lm_head.weight, lm_head.bias)
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    with torch.autocast(device, enabled=False):
-        ce = _LinearCrossEntropy.apply(*inputs, ids.flatten(), dtype, keep, workspace).view(ids.shape)
+    if device != "cpu":
+        logits = F.linear(hidden, lm_head.weight, lm_head.bias)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none").view(ids.shape)
+    else:
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+        inputs = (hidden.flatten(0, 1), lm_head.weight, lm_head.bias)
+        keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        with torch.autocast(device, enabled=False):
+            ce = _LinearCrossEntropy.apply(*inputs, ids.flatten(), dtype, keep, workspace).view(ids.shape)
     if mask is None:
         return ce.mean(dim=-1)
     mask = mask.to(ce.dtype)

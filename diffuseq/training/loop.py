@@ -29,7 +29,7 @@ from ..model import EncoderConfig
 from ..model import checkpoints as ckpt
 from ..model.checkpoints import create_model, load_model_weights
 from ..model.plm_init import load_bert_weights
-from ..runtime import keep_freed_memory_on
+from ..runtime import autocast_dtype, compile_model, keep_freed_memory_on, use_tf32_on
 from .cross_entropy import CrossEntropyWorkspace
 from .losses import diffuseq_losses, distance_penalty_losses
 from .penalty import DistancePenalty
@@ -76,17 +76,18 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.step = 0
 
-        precision = cfg.precision
-        if precision == "fp16" and device.type != "cuda":
-            logger.warning("fp16 autocast needs CUDA; using bf16 on %s", device.type)
-            precision = "bf16"
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        # fp16 autocast with loss scaling runs as on CUDA on any device (slowly on a CPU), so tests see it
+        self.autocast_dtype = autocast_dtype(cfg.precision)
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        use_tf32_on(device, cfg.tf32, cfg.precision)
 
         self.bad_steps_in_row = 0
         self.bad_steps_total = 0
+        self.overflow_steps = 0  # fp16 steps skipped by the loss scaler (not bad steps)
+        self.last_skip_overflow = False
         self.stop_requested = False
         self.stopped_by: int | None = None  # the signal that stopped the run (SIGINT / SIGTERM), if any
+        self.control_group = None  # the process group the stop flag travels in (see _agree_to_stop)
         self.loss_fn: Callable[..., dict[str, torch.Tensor]] = self._losses
         seed_everything(cfg.seed * 1000 + self.rank)  # per-rank training randomness
 
@@ -133,6 +134,9 @@ class Trainer:
             self.stream.load_state_dict(state["data"])
             self.timestep_sampler.load_state_dict(state["sampler"])
             self.bad_steps_total = int(state.get("bad_steps_total", 0))
+            self.overflow_steps = int(state.get("overflow_steps", 0))
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             if len(state["rng"]) == self.world:
                 set_rng_state(state["rng"][self.rank])
             else:
@@ -181,7 +185,8 @@ class Trainer:
         for name, obj in files.items():
             ckpt.atomic_save(obj, self.dir / name)
         marker = {"step": self.step, "data": self.stream.state_dict(), "sampler": self.timestep_sampler.state_dict(),
-                  "rng": rngs, "bad_steps_total": self.bad_steps_total,
+                  "rng": rngs, "bad_steps_total": self.bad_steps_total, "overflow_steps": self.overflow_steps,
+                  "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                   "files": {name: (self.dir / name).stat().st_size for name in files}}
         ckpt.atomic_save(marker, self.dir / ckpt.trainstate_name(self.step))
         logger.info("saved checkpoint %s", self.dir / ckpt.model_name(self.step))
@@ -190,11 +195,13 @@ class Trainer:
     # -- one step -----------------------------------------------------------
 
     def _losses(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-                with_nll: bool) -> dict[str, torch.Tensor]:
+                with_nll: bool, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The loss terms; random draws from ``generator`` (default: the training stream of this rank)."""
         if self.penalty is None:
-            return diffuseq_losses(model, self.diffusion, ids, mask, t, with_nll=with_nll, workspace=self.workspace)
+            return diffuseq_losses(model, self.diffusion, ids, mask, t, with_nll=with_nll, workspace=self.workspace,
+                                   generator=generator)
         return distance_penalty_losses(model, self.diffusion, self.penalty, ids, mask, t, with_nll=with_nll,
-                                       workspace=self.workspace)
+                                       workspace=self.workspace, generator=generator)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -204,14 +211,19 @@ class Trainer:
     def train_step(self, ddp_model: nn.Module, with_nll: bool) -> dict[str, torch.Tensor] | None:
         """Forward/backward over the microbatches of one batch, then one optimizer step.
 
-        Returns the batch-mean loss terms, or None when the step was skipped for a
-        non-finite gradient.
+        Returns the batch-mean loss terms, or None when the step was skipped for a non-finite loss
+        or gradient (``last_skip_overflow`` then tells whether it was an fp16 loss-scale overflow,
+        which the scaler answers by lowering its scale). The finiteness check is the step's only
+        host-device synchronisation; a skipped step leaves the timestep sampler's history as it was.
         """
         ids, mask = next(self.batches)
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self.device.type == "cuda":  # a copy from pinned memory does not wait for the GPU
+            ids, mask = ids.pin_memory(), mask.pin_memory()
+        ids, mask = ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
         local = ids.size(0)
         totals: dict[str, torch.Tensor] = {}
         self.opt.zero_grad(set_to_none=True)
+        history = self.timestep_sampler.snapshot()
         for start in range(0, local, self.microbatch):
             micro_ids, micro_mask = ids[start:start + self.microbatch], mask[start:start + self.microbatch]
             t, weights = self.timestep_sampler.sample(micro_ids.size(0), self.device)
@@ -232,19 +244,22 @@ class Trainer:
             self.scaler.unscale_(self.opt)
         max_norm = self.cfg.gradient_clipping if self.cfg.gradient_clipping > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        if not torch.isfinite(grad_norm):
+        loss_ok, grad_ok = torch.stack([totals["loss"].isfinite(), grad_norm.isfinite()]).tolist()  # the one sync
+        if not (loss_ok and grad_ok):
             self.opt.zero_grad(set_to_none=True)
+            self.timestep_sampler.restore(history)
+            # an fp16 overflow of the scaled gradient (finite loss) is the scaler's business while its scale
+            # can still fall; a non-finite loss, or an overflow at a scale below 1, is a bad step
+            self.last_skip_overflow = bool(self.scaler and loss_ok and self.scaler.get_scale() >= 1.0)
             if self.scaler:
                 self.scaler.update()
             return None
         if self.lr_schedule == "linear":
             for group in self.opt.param_groups:
                 group["lr"] = self.cfg.lr * (1 - self.step / self.cfg.learning_steps)
+        self.opt.step()  # gradients are known finite (and unscaled): GradScaler.step would check again
         if self.scaler:
-            self.scaler.step(self.opt)
             self.scaler.update()
-        else:
-            self.opt.step()
         with torch.no_grad():
             for rate in self.ema_rates:  # DiffuSeq's update_ema: ema * rate + param * (1 - rate)
                 torch._foreach_mul_(self.ema[rate], float(rate))
@@ -255,21 +270,25 @@ class Trainer:
 
     @torch.no_grad()
     def validation_loss(self) -> dict[str, float]:
-        """Loss terms on a fixed slice of the validation split, without touching the training RNG."""
+        """Loss terms on a fixed slice of the validation split.
+
+        Its draws (timesteps, noise, neighbours) come from a generator of its own on the device,
+        seeded by ``--seed``, so they are the same at every validation and no generator of the
+        training stream, on any device, is read or reseeded.
+        """
         self.model.eval()
-        sums: dict[str, float] = {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.cfg.seed)
-            for start in range(0, len(self.valid), self.microbatch):
-                ids = self.valid.input_ids[start:start + self.microbatch].to(self.device)
-                mask = self.valid.input_mask[start:start + self.microbatch].to(self.device)
-                t = torch.randint(0, self.diffusion.num_timesteps, (ids.size(0),), device=self.device)
-                with self._autocast():
-                    terms = self._losses(self.model, ids, mask, t, with_nll=True)
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.float().sum())
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        sums: dict[str, torch.Tensor] = {}
+        for start in range(0, len(self.valid), self.microbatch):
+            ids = self.valid.input_ids[start:start + self.microbatch].to(self.device)
+            mask = self.valid.input_mask[start:start + self.microbatch].to(self.device)
+            t = torch.randint(0, self.diffusion.num_timesteps, (ids.size(0),), device=self.device, generator=generator)
+            with self._autocast():
+                terms = self._losses(self.model, ids, mask, t, with_nll=True, generator=generator)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.float().sum()
         self.model.train()
-        return {key: value / len(self.valid) for key, value in sums.items()}
+        return {key: float(value) / len(self.valid) for key, value in sums.items()}
 
     # -- the loop -----------------------------------------------------------
 
@@ -279,11 +298,16 @@ class Trainer:
         logger.warning("received signal %d: saving a checkpoint and stopping", signum)
 
     def _agree_to_stop(self) -> bool:
-        """Whether any rank was asked to stop (all ranks then agree on the signal)."""
+        """Whether any rank was asked to stop (all ranks then agree on the signal).
+
+        The flag travels through a CPU (gloo) group, so that asking costs no GPU synchronisation.
+        """
         if not dist_util.is_distributed():
             return self.stop_requested
-        flag = torch.tensor([float(self.stopped_by or 0)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if self.control_group is None:
+            self.control_group = dist_util.cpu_group()
+        flag = torch.tensor([float(self.stopped_by or 0)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.control_group)
         self.stopped_by = int(flag.item()) or None
         return self.stopped_by is not None
 
@@ -293,7 +317,11 @@ class Trainer:
         keep_freed_memory_on(self.device)
         ddp_model: nn.Module = self.model
         if self.world > 1:
-            ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # no buffer broadcast before every forward: the only buffer (position ids) never changes
+            ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                            broadcast_buffers=False)
+        if cfg.compile:
+            ddp_model = compile_model(ddp_model)
         if self.step >= cfg.learning_steps:
             raise UserError(f"the checkpoint is at step {self.step}, not below --learning_steps "
                             f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
@@ -304,6 +332,12 @@ class Trainer:
             while self.step < cfg.learning_steps:
                 log_now = (self.step + 1) % cfg.log_interval == 0
                 terms = self.train_step(ddp_model, with_nll=log_now)
+                if terms is None and self.last_skip_overflow:
+                    self.overflow_steps += 1
+                    if self.is_main:
+                        logger.info("fp16 loss scale overflow at step %d: step skipped, loss scale lowered to %g",
+                                    self.step, self.scaler.get_scale())
+                    continue
                 if terms is None:
                     self.bad_steps_in_row += 1
                     self.bad_steps_total += 1

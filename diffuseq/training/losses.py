@@ -45,8 +45,9 @@ class LossDraws:
     """Every random draw of one loss evaluation: the x_0 noise, the x_t noise and, with a penalty,
     the neighbour steps (and where the penalty applies) and the x_t' noise.
 
-    ``sample`` draws them from the default generator; a test can supply its own to compare
-    with another implementation draw for draw.
+    ``sample`` draws them from ``generator`` (default: the device's default generator, the
+    training stream); a test can supply its own draws to compare with another implementation
+    draw for draw.
     """
 
     x0_noise: torch.Tensor
@@ -58,15 +59,18 @@ class LossDraws:
 
     @classmethod
     def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourDraw | None = None,
-               self_cond: bool = False) -> "LossDraws":
-        x0_noise = torch.randn_like(x0_mean)
+               self_cond: bool = False, generator: torch.Generator | None = None) -> "LossDraws":
+        def noise() -> torch.Tensor:
+            return torch.randn(x0_mean.shape, dtype=x0_mean.dtype, device=x0_mean.device, generator=generator)
+
+        x0_noise = noise()
         if neighbours is None:
-            draws = cls(x0_noise, torch.randn_like(x0_mean))
+            draws = cls(x0_noise, noise())
         else:  # the order of Bridge-Gap's draws
-            t_nb, active = neighbours.draw(t)
-            draws = cls(x0_noise, torch.randn_like(x0_mean), t_nb, active, torch.randn_like(x0_mean))
+            t_nb, active = neighbours.draw(t, generator)
+            draws = cls(x0_noise, noise(), t_nb, active, noise())
         if self_cond:
-            draws.self_cond = torch.rand(t.shape, device=t.device) < 0.5
+            draws.self_cond = torch.rand(t.shape, device=t.device, generator=generator) < 0.5
         return draws
 
 
@@ -115,11 +119,13 @@ def predict_pair(model: nn.Module, x_a: torch.Tensor, ts_a: torch.Tensor, x_b: t
 
 def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.Tensor, mask: torch.Tensor,
                     t: torch.Tensor, with_nll: bool = False, draws: LossDraws | None = None,
-                    workspace: CrossEntropyWorkspace | None = None) -> dict[str, torch.Tensor]:
-    """DiffuSeq's loss terms per example: ``loss``, ``mse``, ``rounding``, ``tT`` (and ``nll``)."""
+                    workspace: CrossEntropyWorkspace | None = None,
+                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """DiffuSeq's loss terms per example: ``loss``, ``mse``, ``rounding``, ``tT`` (and ``nll``); the random
+    ``draws`` are sampled from ``generator`` when not given."""
     net = unwrap(model)
     x0_mean = net.get_embeds(ids)
-    draws = draws or LossDraws.sample(x0_mean, t, self_cond=getattr(net, "self_cond", False))
+    draws = draws or LossDraws.sample(x0_mean, t, self_cond=getattr(net, "self_cond", False), generator=generator)
     x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
     x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
     ts = diffusion.scale_timesteps(t)
@@ -136,7 +142,8 @@ def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.T
 def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, penalty: DistancePenalty,
                             ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, with_nll: bool = False,
                             batched: bool = True, draws: LossDraws | None = None,
-                            workspace: CrossEntropyWorkspace | None = None) -> dict[str, torch.Tensor]:
+                            workspace: CrossEntropyWorkspace | None = None,
+                            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Post-training terms per example: ``loss``, ``mse`` (at t), ``mse_nb`` (at t'), ``penalty``, ...
 
     ``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2``: the mse target is x0_mean
@@ -144,7 +151,8 @@ def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, pena
     """
     net = unwrap(model)
     x0_mean = net.get_embeds(ids)
-    draws = draws or LossDraws.sample(x0_mean, t, penalty.neighbours, self_cond=getattr(net, "self_cond", False))
+    draws = draws or LossDraws.sample(x0_mean, t, penalty.neighbours, self_cond=getattr(net, "self_cond", False),
+                                      generator=generator)
     x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
     t_nb = draws.t_nb
     x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # May differ when a run continues in its folder: how long it runs and what it logs (the folder's values
 # unless given again), and where it logs to and starts from (the command's).
 SCHEDULE = ("learning_steps", "save_interval", "log_interval", "eval_interval", "max_bad_steps", "notes")
-MUTABLE = (*SCHEDULE, "wandb", "resume_checkpoint", "checkpoint_path")
+MUTABLE = (*SCHEDULE, "wandb", "resume_checkpoint", "checkpoint_path", "tf32", "compile")
 # Fixed by the checkpoint a post-training starts from.
 ARCHITECTURE = ("seq_len", "hidden_dim", "hidden_t_dim", "diffusion_steps", "noise_schedule", "vocab", "vocab_size",
                 "config_name", "self_cond")
@@ -164,12 +164,16 @@ def _resolve_resume(cfg: TrainConfig, folder: Path) -> tuple[Path | None, bool]:
     return path, False
 
 
-def plan_run(cfg: TrainConfig) -> RunPlan:
-    """Check everything a run needs and settle its settings; reads files, writes none."""
+def plan_run(cfg: TrainConfig, default_folder: str = "") -> RunPlan:
+    """Check everything a run needs and settle its settings; reads files, writes none.
+
+    ``default_folder`` is the folder of a run given no ``--checkpoint_path`` (rank 0's name, the same on
+    every rank); without it the name is made here.
+    """
     if not cfg.checkpoint_path and not cfg.data_dir:
         raise UserError("give --data_dir (a folder of train/valid/test.jsonl) for a new run, or --checkpoint_path "
                         "of a run to continue (see --help)")
-    folder = Path(cfg.checkpoint_path or cfg.default_checkpoint_path())
+    folder = Path(cfg.checkpoint_path or default_folder or cfg.default_checkpoint_path())
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--checkpoint_path {folder} is a file, not a folder")
     args_file = folder / "training_args.json"
@@ -273,7 +277,9 @@ def _write_run_files(plan: RunPlan, vocab: Vocabulary, encoder: EncoderConfig) -
 def setup_run(cfg: TrainConfig, device: torch.device) -> Trainer:
     """A ready Trainer: everything checked (flags, data, the checkpoint to start from and its
     settings) before the first file of the run is written, then the run's files written."""
-    plan = plan_run(cfg)
+    # the default folder's name holds the time: rank 0's, for every rank
+    default_folder = "" if cfg.checkpoint_path else dist_util.broadcast_object(cfg.default_checkpoint_path())
+    plan = plan_run(cfg, default_folder)
     vocab = _run_vocab(plan)
     encoder = _record_settings(cfg, plan.folder, vocab)
     trainer = Trainer(cfg, plan.folder, vocab, device, encoder)
