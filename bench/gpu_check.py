@@ -78,7 +78,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 # dense bf16 and TF32 FLOP/s by device name, the first match wins
 PEAK_FLOPS = (("H100 PCIe", 756e12, 378e12), ("H100 NVL", 835e12, 418e12), ("H100", 989e12, 495e12),
               ("H200", 989e12, 495e12), ("A100", 312e12, 156e12))
-LOG_TERMS = re.compile(r"step (\d+) (?:\| (.*?) \| lr |validation: (.*)$)", re.MULTILINE)
+LOG_TERMS = re.compile(r"step (\d+)(?:/\d+ \([\d.]+%\))? (?:\| (.*?) \| lr |validation: (.*)$)", re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 from .config import TrainConfig
 from .data import Seq2SeqData, encode_sources
 from .data.vocab import Vocabulary, decode_text
+from .metrics.clean import SpecialTokens, clean_recover
 from .model.checkpoints import load_checkpoint
 from .runtime import autocast_dtype, compile_model, keep_freed_memory_on
 from .samplers import ExampleNoise, NearestEmbedding, ReverseSampler, SamplerConfig, create_sampler, denoise
@@ -38,6 +39,12 @@ class Generation:
 
     texts: list[list[str]]
     x0: list[list[torch.Tensor]]
+
+
+def clean_text(text: str, vocab: Vocabulary) -> str:
+    """Generated text without the vocabulary's start, end, separator and pad tokens, as ``diffuseq-eval``
+    cleans it, with single spaces between words."""
+    return " ".join(clean_recover(text, SpecialTokens(*vocab.markers)).split())
 
 
 class Seq2SeqDiffusion:
@@ -126,20 +133,28 @@ class Seq2SeqDiffusion:
     def generate(self, sources: Sequence[str], respacing: str = "adp_20", seed: int = 10,
                  seeds: Sequence[int] | None = None, batch_size: int = 64, eta: float = -1.0,
                  clamp_step: int = 0, top_p: float = 0.0, clip_denoised: bool = False, sigma_small: bool = False,
-                 sampler: str = "", return_x0: bool = False) -> list[str] | list[list[str]] | Generation:
-        """Generate one text per source.
+                 sampler: str = "", return_x0: bool = False,
+                 raw: bool = False) -> list[str] | list[list[str]] | Generation:
+        """Generate one text per source: clean text (no ``[CLS]``/``[SEP]``/``[PAD]``), or with ``raw`` the
+        decoded tokens as DiffuSeq's ``recover`` field holds them.
 
         With ``seeds`` the result is one list per seed; with ``return_x0`` a :class:`Generation`
         holding the texts (per seed) and every step's x_0 prediction. Sources are encoded as
-        DiffuSeq encodes the source side; one longer than half of ``seq_len`` is truncated.
+        DiffuSeq encodes the source side; one longer than about half of ``seq_len`` is truncated
+        (with a warning).
         """
         data = encode_sources(list(sources), self.vocab, self.config.seq_len)
+        if data.truncation is not None and data.truncation.truncated:
+            logger.warning("%d of %d sources are longer than this model's seq_len %d holds with a target as long: "
+                           "their ends are dropped, as DiffuSeq drops them", data.truncation.truncated,
+                           data.truncation.pairs, self.config.seq_len)
         reverse = self.sampler(respacing, eta, clamp_step, top_p, clip_denoised, sigma_small, sampler)
         texts, x0s = [], []
         for one_seed in (list(seeds) if seeds is not None else [seed]):
             trajectory: list[torch.Tensor] | None = [] if return_x0 else None
             records = self.decode_data(data, reverse, one_seed, batch_size=batch_size, trajectory=trajectory)
-            texts.append([record["recover"] for record in records])
+            texts.append([record["recover"] if raw else clean_text(record["recover"], self.vocab)
+                          for record in records])
             x0s.append(trajectory or [])
         if return_x0:
             return Generation(texts, x0s)

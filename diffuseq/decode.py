@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ class DecodeRun:
     name: str
     meta: Path
     scores: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # the evaluation's notes (e.g. pairs cut to seq_len)
 
 
 def plan_output(config: DecodeConfig, api: Seq2SeqDiffusion, respacing: str, eta: float) -> tuple[Path, str]:
@@ -133,7 +134,8 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
     """The decode -> evaluate pipeline of ``sample_seq2seq.py``, ``scripts/reproduce.py`` and the demo.
 
     Decodes ``config.split`` once per seed into DiffuSeq's layout (see :func:`decode_to_files`),
-    then, with ``config.evaluate``, scores the files into ``decode_<name>.eval.json``. ``api``
+    then, with ``config.evaluate``, scores the files into ``decode_<name>.eval.json`` and prints their table
+    on stdout, as ``diffuseq-eval`` does. The meta records how many pairs were cut to ``seq_len``. ``api``
     is the loaded checkpoint (loaded from ``config.model_path`` when not given).
     """
     out_root = Path(config.out_dir)
@@ -145,7 +147,8 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
     sampler = api.sampler(respacing, eta, config.clamp_step, config.top_p, config.clip_denoised, config.sigma_small,
                           config.sampler or ("ddim" if eta >= 0 else ""))
     data_dir = Path(config.data_dir or api.config.data_dir)
-    data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples)
+    data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples,
+                      report=dist_util.rank() == 0)
     out_dir, name = plan_output(config, api, respacing, eta)
     if dist_util.rank() == 0:
         try:
@@ -157,12 +160,15 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
                     config.dtype, dist_util.world_size(), out_dir)
     settings = {"split": config.split, "data_dir": str(data_dir.resolve()), "max_examples": config.max_examples,
                 "dtype": config.dtype}
-    meta = decode_to_files(api, sampler, data, config.seed_list(), out_dir, name, config.batch_size,
-                           {"checkpoint": ckpt.file_identity(Path(config.model_path)), "settings": settings,
-                            "config": config.to_dict()})
+    info: dict[str, Any] = {"checkpoint": ckpt.file_identity(Path(config.model_path)), "settings": settings,
+                            "config": config.to_dict()}
+    if data.truncation is not None:  # what the data was, not a setting: kept out of the decode's identity
+        info["data"] = {"truncation": data.truncation.to_dict()}
+    meta = decode_to_files(api, sampler, data, config.seed_list(), out_dir, name, config.batch_size, info)
     run = DecodeRun(out_dir, name, meta)
     if config.evaluate and dist_util.rank() == 0:
         files = sorted(out_dir / entry["file"] for entry in json.loads(meta.read_text())["seeds"].values())
-        run.scores = score_files(files, corpus_bleu=False).payload
+        result = score_files(files, corpus_bleu=False)
+        run.scores, run.notes = result.payload, result.notes
         atomic_write_text(json.dumps(run.scores, indent=2) + "\n", out_dir / f"decode_{name}.eval.json")
     return run

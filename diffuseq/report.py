@@ -1,8 +1,12 @@
-"""Result tables: join a decode's run description (``*.meta.json``) with its evaluation (``--json``) into rows."""
+"""Result tables: the scores of one decode's seed files (:func:`format_scores`, printed by ``diffuseq-eval`` and
+``sample_seq2seq.py --evaluate``), and a table of decodes joining each run description (``*.meta.json``) with its
+evaluation (``--json``) into rows (:func:`format_table`). Headers carry the scale of each metric: BLEU, ROUGE-L,
+dist-1, self-BLEU and BERTScore are fractions (0-1, as DiffuSeq prints them), sacreBLEU is 0-100."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
@@ -61,8 +65,8 @@ def add_speedups(rows: list[Row]) -> None:
 
 def format_table(rows: list[Row], markdown: bool = False) -> str:
     """A fixed-width (or markdown) table of the rows; BLEU is the seed mean +- the seed standard deviation."""
-    headers = ["model", "sampler", "decoding", "steps", "BLEU", "ROUGE-L", "dist-1", "avg len", "self-BLEU",
-               "wall s", "speedup"]
+    headers = ["model", "sampler", "decoding", "steps", "BLEU (0-1)", "ROUGE-L (0-1)", "dist-1 (0-1)", "avg len",
+               "self-BLEU (0-1)", "wall s", "speedup"]
     body = [[r.model, r.sampler, r.decoding, str(r.steps),
              f"{r.bleu:.4f}" + ("" if r.bleu_std is None else f" ± {r.bleu_std:.4f}"), f"{r.rouge_l:.4f}",
              f"{r.dist1:.4f}",
@@ -75,4 +79,61 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
     widths = [max(len(h), *(len(cells[i]) for cells in body)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)] + [fmt.format(*cells) for cells in body]
+    return "\n".join(lines)
+
+
+def common_suffix(names: list[str]) -> str:
+    """The suffix all ``names`` share, cut to start at a non-alphanumeric character ('' for one name)."""
+    if len(names) < 2:
+        return ""
+    suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+    while suffix and suffix[0].isalnum():
+        suffix = suffix[1:]
+    if any(len(n) == len(suffix) for n in names):
+        return ""
+    return suffix
+
+
+def fmt_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str, str]]) -> str:
+    """A plain-text table: ``columns`` are (header, key, format); a missing value is ``-``."""
+    name_w = max([len("file")] + [len(name) for name, _ in rows])
+    widths = [max(9, len(h)) for h, _, _ in columns]
+    head = "file".ljust(name_w) + "".join(f"  {h:>{w}}" for (h, _, _), w in zip(columns, widths))
+    lines = [head, "-" * len(head)]
+    for name, vals in rows:
+        cells = "".join(f"  {format(vals[k], f) if vals.get(k) is not None else '-':>{w}}"
+                        for (_, k, f), w in zip(columns, widths))
+        lines.append(name.ljust(name_w) + cells)
+    return "\n".join(lines)
+
+
+def format_scores(payload: dict) -> str:
+    """The scores of one decode's seed files (the payload of :func:`diffuseq.metrics.files.score_files`): a row
+    per file (and the MBR selection's), with a line naming the file names' common suffix and one of diversity."""
+    corpus = payload["corpus_bleu"]
+    columns = [("n", "n", "d"), ("BLEU (0-1)", "bleu", ".4f"), ("ROUGE-L (0-1)", "rougeL", ".4f"),
+               ("dist-1 (0-1)", "dist1", ".4f"), ("avg_len", "avg_len", ".2f")]
+    if corpus is not None:
+        columns.append(("sacreBLEU (0-100)", "corpus_bleu", ".2f"))
+    if any("bertscore" in vals for vals in payload["files"].values()):
+        columns.append(("BERTScore F1 (0-1)", "bertscore", ".4f"))
+    rows = []
+    suffix = common_suffix(list(payload["files"]))
+    for name, vals in payload["files"].items():
+        vals = dict(vals)
+        if corpus is not None:
+            vals["corpus_bleu"] = corpus["files"][name]
+        rows.append((name[:len(name) - len(suffix)] + ("*" if suffix else ""), vals))
+    n_files = len(payload["files"])
+    if payload["mbr"] is not None:
+        vals = dict(payload["mbr"])
+        if corpus is not None:
+            vals["corpus_bleu"] = corpus["mbr"]
+        rows.append((f"MBR over {n_files} files", vals))
+    lines = [f"file names below end in *={suffix}"] if suffix else []
+    lines.append(fmt_table(rows, columns))
+    diversity = payload["diversity"]
+    if diversity is not None:
+        lines.append(f"diversity over {n_files} files (0-1): self-BLEU {diversity['self_bleu']:.4f}  "
+                     f"div-4 {diversity['div4']:.4f}")
     return "\n".join(lines)

@@ -43,7 +43,7 @@ def main() -> int:
     add_speedups(rows)
     print(format_table(rows, markdown=args.markdown))
     any_decode = samples_of(next(p for p in (args.out_dir / "decode").iterdir() if p.is_dir()))
-    print(f"\ncopy-the-source baseline BLEU on the same test lines: {copy_baseline_bleu(any_decode):.4f}")
+    print(f"\ncopy-the-source baseline BLEU (0-1) on the same test lines: {copy_baseline_bleu(any_decode):.4f}")
     return 0
 
 

@@ -9,6 +9,8 @@ import re
 import pytest
 
 from diffuseq import DecodeConfig, Generation, Seq2SeqDiffusion
+from diffuseq.api import clean_text
+from diffuseq.data.vocab import WORD_SPECIALS, WordVocab
 from diffuseq.config import parse_train_args
 from diffuseq.data import encode_sources
 from diffuseq.decode import run_decode
@@ -41,6 +43,23 @@ def test_generate_one_text_per_source_and_per_seed(checkpoint):
     target = encode_sources(sources[:2], model.vocab, 16).input_mask.bool()
     last = result.x0[0][-1][target]
     assert (last[:, None, :] - embeddings[None]).abs().amax(-1).min(-1).values.max() == 0
+
+
+def test_generate_and_output_give_clean_text_and_raw_tokens_on_request(checkpoint, tmp_path):
+    model = Seq2SeqDiffusion.from_checkpoint(checkpoint, device="cpu")
+    sources = ["the cat sat on", "red house"]
+    raw = model.generate(sources, respacing="adp_10", seed=3, raw=True)
+    clean = model.generate(sources, respacing="adp_10", seed=3)
+    assert clean == [clean_text(text, model.vocab) for text in raw]
+    assert clean_text(" [CLS] a townand in [SEP] [PAD] [PAD]", model.vocab) == "a townand in"
+    assert clean_text("[START] a [UNK] b [END] [PAD]", WordVocab({t: i for i, t in enumerate([*WORD_SPECIALS, "a", "b"])})) == "a [UNK] b"
+    (tmp_path / "sources.txt").write_text("\n".join(sources) + "\n")
+    args = ["--model_path", str(checkpoint), "--decode_respacing", "adp_10", "--input", str(tmp_path / "sources.txt"),
+            "--seed2", "3"]
+    printed = run_script("sample_seq2seq.py", args)
+    assert printed.returncode == 0 and printed.stdout.splitlines() == clean
+    printed = run_script("sample_seq2seq.py", args + ["--raw_tokens"])
+    assert printed.returncode == 0 and printed.stdout.splitlines() == raw
 
 
 def test_a_decode_saves_its_config_and_sampler_beside_the_outputs(checkpoint, tmp_path):

@@ -184,3 +184,15 @@ def test_bertscore_without_package_fails_fast(tmp_path):
         match = "no such local model folder"
     with pytest.raises(UserError, match=match):
         eval_script.main(["--folder", str(folder), "--bertscore_model", str(tmp_path / "no-model")])
+
+
+def test_output_root_of_diffuseq_files(tmp_path, capsys):
+    """DiffuSeq's decodes (no meta file) under an output root are found by their ``*.samples`` folder."""
+    samples = write_folder(tmp_path / "generation_outputs" / "diffuseq_qqp" / "ema_0.9999_050000.pt.samples")
+    write_folder(tmp_path / "generation_outputs" / "logs")  # not a decode folder: no .samples, no meta
+    assert eval_script.main(["--folder", str(tmp_path / "generation_outputs"), "--no_corpus_bleu",
+                             "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("folder: ")] == [
+        f"folder: {samples}  (3 file(s) matching '*.json')"]
+    assert "BLEU (0-1)" in out and "were cut" not in out

@@ -115,7 +115,7 @@ def test_post_training_from_a_checkpoint_lowers_the_penalty(tmp_path):
         simi_lambda=-2, simi_noise=0.2, resume_checkpoint=base / "model000100.pt"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (post / "model000400.pt").is_file() and (post / "model000300.pt").is_file()
-    lines = [line for line in result.stderr.splitlines() if re.search(r"step \d+ \|", line)]
+    lines = [line for line in result.stderr.splitlines() if re.search(r"step \d+/\d+ \([\d.]+%\) \|", line)]
     assert lines[0].split("step ")[1].startswith("150")  # the step count continues from 100
     penalties = [float(re.search(r"penalty ([0-9.]+)", line).group(1)) for line in lines]
     for term in ("mse ", "mse_nb ", "penalty "):

@@ -49,7 +49,7 @@ def test_table_assembly_and_speedups():
     add_speedups(rows)
     assert [r.speedup for r in rows] == [1.0, 10.0, 2.0, 1.0]  # against the model's full-step DDPM decode
     table = format_table(rows, markdown=True).splitlines()
-    assert table[0].startswith("| model | sampler | decoding | steps | BLEU | ROUGE-L | dist-1")
+    assert table[0].startswith("| model | sampler | decoding | steps | BLEU (0-1) | ROUGE-L (0-1) | dist-1 (0-1)")
     assert table[3] == ("| base | dpm++ | adp_10 | 10 | 0.2500 ± 0.0123 | 0.5500 | 0.8000 | 6.50 | 0.4000 | 1.0 "
                         "| 10.0x |")
     assert "| - |" in table[5]  # no self-BLEU with a single seed

@@ -188,16 +188,22 @@ def test_the_same_post_training_command_continues_where_it_stopped(trained, toy,
 
 
 def test_post_train_script_keeps_the_checkpoints_t(trained, toy, tmp_path):
-    """scripts/post_train.sh names no T or schedule: a T = 50 model post-trains as T = 50."""
-    env = {**os.environ, "NPROC": "1", "STEPS": "11", "BSZ": "8", "OUT": str(tmp_path / "post"),
+    """scripts/post_train.sh names no T or schedule: a T = 50 model post-trains as T = 50; POST_STEPS counts the
+    post-training steps; with no GPU it runs one process (as train.sh); STEPS (ambiguous) is refused."""
+    env = {**os.environ, "POST_STEPS": "3", "BSZ": "8", "OUT": str(tmp_path / "post"),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "post_train.sh"), os.path.relpath(toy, tmp_path),
-                             os.path.relpath(trained / "ema_0.9999_000010.pt", tmp_path), "--microbatch", "8"],
-                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    env.pop("NPROC", None)
+    command = ["bash", str(ROOT / "scripts" / "post_train.sh"), os.path.relpath(toy, tmp_path),
+               os.path.relpath(trained / "ema_0.9999_000010.pt", tmp_path), "--microbatch", "8"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "torch.distributed" not in result.stderr  # one process: plain python
+    assert "post-training from step 10 to step 13" in result.stderr
+    assert (tmp_path / "post" / "model000013.pt").is_file()
     args = json.loads((tmp_path / "post" / "training_args.json").read_text())
     assert args["diffusion_steps"] == 50 and args["simi_penalty"] == "l2_noise_random"
+    refused = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env={**env, "STEPS": "11"})
+    assert refused.returncode == 2 and "POST_STEPS" in refused.stderr
 
 
 def test_training_errors_are_one_line_before_any_write(toy, tmp_path):

@@ -20,6 +20,7 @@ from ..config import DecodeConfig, parse_decode_args
 from ..decode import check_step_flag, run_decode
 from ..errors import UserError, run_cli
 from ..fileio import atomic_write_text
+from ..report import format_scores
 from ..runtime import start_command, use_tf32_on
 
 
@@ -45,7 +46,8 @@ def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
             raise UserError(f"--output {out}: {out.parent} holds a decode's files; write somewhere else")
     texts = api.generate(sources, respacing, seeds=seeds, batch_size=config.batch_size, eta=eta,
                          clamp_step=config.clamp_step, top_p=config.top_p, clip_denoised=config.clip_denoised,
-                         sigma_small=config.sigma_small, sampler=config.sampler or ("ddim" if eta >= 0 else ""))
+                         sigma_small=config.sigma_small, sampler=config.sampler or ("ddim" if eta >= 0 else ""),
+                         raw=config.raw_tokens)
     for seed, lines in zip(seeds, texts):
         text = "".join(line + "\n" for line in lines)
         if not config.output:
@@ -70,7 +72,12 @@ def main() -> int:
             decode_lines(config, Seq2SeqDiffusion.from_checkpoint(config.model_path, device, config.dtype,
                                                                   config.compile))
         else:
-            run_decode(config)
+            run = run_decode(config)
+            if run.scores is not None:  # --evaluate: the table diffuseq-eval prints
+                for note in run.notes:
+                    print(f"note: {note}")
+                print(f"scores of {run.out_dir} (also in decode_{run.name}.eval.json)")
+                print(format_scores(run.scores), flush=True)
         return 0
     finally:
         dist_util.cleanup()

@@ -50,6 +50,8 @@ class DecodeConfig:
     input: str = option("", "a text file of source lines to decode instead of a split (see --output)")
     output: str = option("", "with --input: the file of generated lines (several seeds: one file per seed, "
                                 "<name>.seed<S><suffix>); default: standard output")
+    raw_tokens: bool = option(False, "with --input: write the decoded tokens as they are ([CLS] ... [SEP], as the "
+                                     "jsonl's recover field) instead of clean text")
     evaluate: bool = option(False, "score the outputs after decoding (BLEU, ROUGE-L, dist-1, length, diversity) "
                                    "into decode_<name>.eval.json")
     top_k: int = option(0, _BRIDGE_GAP_HELP)
@@ -73,6 +75,9 @@ class DecodeConfig:
             raise UserError("--batch_size must be positive")
         if self.max_examples is not None and self.max_examples < 1:
             raise UserError(f"--max_examples must be positive, got {self.max_examples}")
+        if self.raw_tokens and not self.input:
+            raise UserError("--raw_tokens goes with --input (the jsonl files of a split keep DiffuSeq's raw recover "
+                            "field)")
         if self.output and not self.input:
             raise UserError("--output goes with --input (a file of source lines)")
         if self.input and self.evaluate:

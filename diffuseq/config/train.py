@@ -275,9 +275,23 @@ FIXED_SETTINGS: dict[str, tuple[Any, str]] = {
 }
 
 
+LOG_TERMS_HELP = (
+    "The log, every --log_interval steps: 'step N/total (percent) | terms | lr | samples/s | elapsed, ETA', the "
+    "terms averaged over the steps since the last line. loss: what is minimised per example (DiffuSeq: mse + "
+    "rounding + tT; with --simi_penalty: (mse + mse_nb + 2 rounding + 2 tT + penalty) / 2), before the "
+    "timestep sampler's importance weights; mse: squared error of the x_0 prediction at the sampled step t; "
+    "mse_nb: the same at the neighbour step t' (--simi_penalty); penalty: the distance between the two "
+    "predictions weighted by --simi_lambda (l2: -simi_lambda x mean squared distance); rounding: cross-entropy of the word embeddings' own logits "
+    "(keeps them decodable); tT: mean square of x_T's mean (keeps the embeddings small); grad_norm: the "
+    "gradient norm before clipping; nll: cross-entropy of the predicted x_0 on the target tokens (first "
+    "microbatch of the logging step, not optimised). 'step N validation:' lines give the same terms on the "
+    "first 256 validation pairs.")
+
+
 def parse_train_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Parse ``run_train.py``'s command line into a validated config."""
     parser = build_parser(TrainConfig, "Train (or post-train) a DiffuSeq diffusion model.")
+    parser.epilog = LOG_TERMS_HELP
     given = vars(parser.parse_args(take_local_rank(expand_app(argv if argv is not None else sys.argv[1:]))))
     cfg = TrainConfig.from_dict(given)
     cfg.given = frozenset(given)

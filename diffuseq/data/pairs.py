@@ -6,6 +6,9 @@ and on all padding (the model generates the padding, which decides the length).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import torch
 from ..errors import UserError
 from ..fileio import read_jsonl
 from .vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 # The shortest sequence holding one token per side: [CLS] a [SEP] [SEP] [CLS] b [SEP].
@@ -75,12 +80,44 @@ def merge_and_mask(src: list[int], trg: list[int], sep_id: int, pad_id: int,
     return ids + [pad_id] * (seq_len - len(ids)), mask + [1] * (seq_len - len(mask))
 
 
+@dataclass(frozen=True)
+class Truncation:
+    """How many pairs of a split did not fit ``seq_len`` (DiffuSeq cuts them without a word).
+
+    A pair needs ``len(src) + len(trg) + 1`` positions (each side with its start and end token, and
+    the joining ``[SEP]``); ``seq_len_99`` is the smallest ``--seq_len`` that holds 99% of the pairs.
+    """
+
+    pairs: int
+    truncated: int
+    longest: int
+    seq_len_99: int
+    seq_len: int
+
+    @classmethod
+    def of(cls, needed: list[int], seq_len: int) -> "Truncation":
+        ordered = sorted(needed)
+        return cls(len(ordered), sum(n > seq_len for n in ordered), ordered[-1] if ordered else 0,
+                   ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] if ordered else 0, seq_len)
+
+    def describe(self, what: str) -> str:
+        """One line for the log, e.g. ``test.jsonl: 33 of 200 pairs (16.5%) cut to --seq_len 32 ...``."""
+        return (f"{what}: {self.truncated} of {self.pairs} pairs ({100 * self.truncated / max(self.pairs, 1):.1f}%) "
+                f"longer than --seq_len {self.seq_len} are cut, as DiffuSeq does (longest pair {self.longest} "
+                f"tokens; --seq_len {self.seq_len_99} would hold 99% of them)")
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class Seq2SeqData:
-    """All examples of one split as tensors: ``input_ids`` and ``input_mask`` [N, seq_len]."""
+    """All examples of one split as tensors: ``input_ids`` and ``input_mask`` [N, seq_len], and how many
+    pairs were cut to fit (``truncation``, for pairs read from a split)."""
 
     input_ids: torch.Tensor
     input_mask: torch.Tensor
+    truncation: Truncation | None = None
 
     def __len__(self) -> int:
         return self.input_ids.size(0)
@@ -97,7 +134,8 @@ def encode_pairs(pairs: list[tuple[str, str]], vocab: Vocabulary, seq_len: int) 
     trg_ids = vocab.encode_batch([trg for _, trg in pairs])
     merged = [merge_and_mask(s, t, vocab.sep_id, vocab.pad_id, seq_len) for s, t in zip(src_ids, trg_ids)]
     return Seq2SeqData(torch.tensor([ids for ids, _ in merged], dtype=torch.long),
-                       torch.tensor([mask for _, mask in merged], dtype=torch.long))
+                       torch.tensor([mask for _, mask in merged], dtype=torch.long),
+                       Truncation.of([len(s) + len(t) + 1 for s, t in zip(src_ids, trg_ids)], seq_len))
 
 
 def encode_sources(sources: list[str], vocab: Vocabulary, seq_len: int) -> Seq2SeqData:
@@ -108,16 +146,24 @@ def encode_sources(sources: list[str], vocab: Vocabulary, seq_len: int) -> Seq2S
     """
     if seq_len < MIN_SEQ_LEN:
         raise UserError(f"seq_len {seq_len} is too small to hold a source and a target")
-    ids_rows, mask_rows = [], []
+    ids_rows, mask_rows, needed = [], [], []
     for src in vocab.encode_batch(sources):
         ids, mask = merge_and_mask(list(src), list(src), vocab.sep_id, vocab.pad_id, seq_len)
         kept = len(mask) - sum(mask)  # the source and its [SEP]
         ids_rows.append(ids[:kept] + [vocab.pad_id] * (seq_len - kept))
         mask_rows.append(mask)
-    return Seq2SeqData(torch.tensor(ids_rows, dtype=torch.long), torch.tensor(mask_rows, dtype=torch.long))
+        needed.append(2 * len(src) + 1)  # the source and a target as long
+    return Seq2SeqData(torch.tensor(ids_rows, dtype=torch.long), torch.tensor(mask_rows, dtype=torch.long),
+                       Truncation.of(needed, seq_len))
 
 
 def load_split(data_dir: Path, split: str, vocab: Vocabulary, seq_len: int,
-               max_examples: int | None = None) -> Seq2SeqData:
-    """Read and encode ``data_dir/<split>.jsonl``."""
-    return encode_pairs(read_jsonl_pairs(split_path(data_dir, split), max_examples), vocab, seq_len)
+               max_examples: int | None = None, report: bool = False) -> Seq2SeqData:
+    """Read and encode ``data_dir/<split>.jsonl``; with ``report``, log how many pairs were cut to ``seq_len``
+    (a warning when any was)."""
+    path = split_path(data_dir, split)
+    data = encode_pairs(read_jsonl_pairs(path, max_examples), vocab, seq_len)
+    if report and data.truncation is not None:
+        log = logger.warning if data.truncation.truncated else logger.info
+        log(data.truncation.describe(str(path)))
+    return data

@@ -31,6 +31,7 @@ class Vocabulary:
     pad_id: int
     sep_id: int
     size: int
+    markers: tuple[str, str, str, str]  # (start, end, separator, pad): what clean text leaves out
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -56,6 +57,8 @@ def decode_text(vocab: Vocabulary, ids: list[int]) -> str:
 
 class WordPieceVocab(Vocabulary):
     """A lowercase BERT WordPiece vocabulary (``vocab.txt``); sequences are ``[CLS] ... [SEP]``."""
+
+    markers = ("[CLS]", "[SEP]", "[SEP]", "[PAD]")
 
     def __init__(self, vocab_file: Path) -> None:
         self._init_tokens(Path(vocab_file).read_text(encoding="utf-8").splitlines(), str(vocab_file))
@@ -100,6 +103,8 @@ class WordPieceVocab(Vocabulary):
 
 class WordVocab(Vocabulary):
     """DiffuSeq's custom vocabulary: whitespace words, ``[START] ... [END]``; ``[END]`` acts as ``[SEP]``."""
+
+    markers = ("[START]", "[END]", "[END]", "[PAD]")
 
     def __init__(self, stoi: dict[str, int]) -> None:
         missing = [tok for tok in WORD_SPECIALS if tok not in stoi]

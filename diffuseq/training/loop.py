@@ -8,6 +8,7 @@ takes its slice of every global batch, and rank 0 writes the files.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import signal
@@ -54,7 +55,7 @@ class Trainer:
         self.rank, self.world = dist_util.rank(), dist_util.world_size()
         self.is_main = self.rank == 0
 
-        train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len)
+        train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len, report=self.is_main)
         self.valid = load_split(Path(cfg.data_dir), "valid", vocab, cfg.seq_len, max_examples=VALID_EXAMPLES)
         self.stream = BatchStream(train, cfg.batch_size * self.world, self.rank, self.world, cfg.seed)
         self.batches = iter(self.stream)
@@ -140,8 +141,12 @@ class Trainer:
             if len(state["rng"]) == self.world:
                 set_rng_state(state["rng"][self.rank])
             else:
-                logger.warning("checkpoint was written by %d processes, this run has %d: RNGs re-seeded",
-                               len(state["rng"]), self.world)
+                if self.is_main:
+                    logger.warning("the checkpoint was written by %d process(es), this run has %d: the global batch "
+                                   "changes from %d to %d (--bsz %d is per process) and the random streams are "
+                                   "seeded afresh", len(state["rng"]), self.world,
+                                   self.cfg.batch_size * len(state["rng"]), self.cfg.batch_size * self.world,
+                                   self.cfg.batch_size)
                 seed_everything(self.cfg.seed * 1000 + self.rank + step)
         else:
             seed_everything(self.cfg.seed * 1000 + self.rank + step)
@@ -292,10 +297,21 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------
 
+    def _warn_about_slow_ema(self, steps: int) -> None:
+        """One warning per EMA rate whose average spans more steps (about 1 / (1 - rate)) than this run makes."""
+        for rate in self.ema_rates:
+            horizon = 1 / (1 - float(rate))
+            if horizon > steps:
+                logger.warning("--ema_rate %s averages over about %d steps but this run makes %d: ema_%s_*.pt will "
+                               "stay close to the weights the run started from; decode modelNNNNNN.pt, or give a "
+                               "rate such as %s", rate, round(horizon), steps, rate,
+                               f"{1 - 10 / max(steps, 10):.3g}")
+
     def _request_stop(self, signum: int, _frame: Any) -> None:
         self.stop_requested = True
         self.stopped_by = self.stopped_by or signum
-        logger.warning("received signal %d: saving a checkpoint and stopping", signum)
+        if self.is_main:
+            logger.warning("received signal %d: saving a checkpoint and stopping", signum)
 
     def _agree_to_stop(self) -> bool:
         """Whether any rank was asked to stop (all ranks then agree on the signal).
@@ -318,13 +334,17 @@ class Trainer:
         ddp_model: nn.Module = self.model
         if self.world > 1:
             # no buffer broadcast before every forward: the only buffer (position ids) never changes
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else {"broadcast_buffers": False})  # the new name (torch >= 2.13) or the old
             ddp_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                            broadcast_buffers=False)
+                            **no_sync)
         if cfg.compile:
             ddp_model = compile_model(ddp_model)
         if self.step >= cfg.learning_steps:
             raise UserError(f"the checkpoint is at step {self.step}, not below --learning_steps "
                             f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
+        if self.is_main:
+            self._warn_about_slow_ema(cfg.learning_steps - self.step)
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         report = TrainingReport(cfg, self.step, self.is_main, self.device)
         try:
@@ -359,8 +379,6 @@ class Trainer:
                 if self._agree_to_stop():
                     if self.step % cfg.save_interval and self.step != cfg.learning_steps:
                         self.save()
-                    logger.warning("stopped at step %d on request; resume with --resume_checkpoint %s",
-                                   self.step, self.dir / ckpt.model_name(self.step))
                     break
         finally:
             for sig, handler in previous.items():

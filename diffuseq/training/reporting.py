@@ -27,6 +27,7 @@ class TrainingReport:
 
     def __init__(self, cfg: TrainConfig, start_step: int, is_main: bool, device: torch.device) -> None:
         self.cfg, self.is_main, self.device = cfg, is_main, device
+        self.start_step, self.started = start_step, time.perf_counter()
         self.wandb_run = _maybe_wandb(cfg) if is_main else None
         self.bar = _progress(start_step, cfg.learning_steps) if is_main else None
         self._reset()
@@ -55,8 +56,10 @@ class TrainingReport:
         seconds = time.perf_counter() - self.window_start
         if self.is_main:
             samples_per_s = self.window_steps * self.cfg.batch_size / max(seconds, 1e-9)
-            logger.info("step %d | %s | lr %.3g | %.1f samples/s", step,
-                        " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, samples_per_s)
+            logger.info("%s | %s | lr %.3g | %.1f samples/s | %s", progress(step, self.cfg.learning_steps),
+                        " ".join(f"{k} {v:.4f}" for k, v in means.items()), lr, samples_per_s,
+                        timing(step - self.start_step, self.cfg.learning_steps - step,
+                               time.perf_counter() - self.started))
             if self.wandb_run is not None:
                 self.wandb_run.log({**{f"train/{k}": v for k, v in means.items()}, "lr": lr,
                                     "samples_per_s": samples_per_s}, step=step)
@@ -75,6 +78,24 @@ class TrainingReport:
             self.bar.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def progress(step: int, total: int) -> str:
+    """``step 100/2000 (5.0%)``."""
+    return f"step {step}/{total} ({100 * step / max(total, 1):.1f}%)"
+
+
+def clock(seconds: float) -> str:
+    """``1:02:03`` (hours:minutes:seconds) or ``02:03``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def timing(done: int, left: int, elapsed: float) -> str:
+    """``elapsed 02:03, ETA 40:00``: the time since the run (re)started and the rest at its average pace."""
+    eta = clock(elapsed / done * left) if done > 0 else "?"
+    return f"elapsed {clock(elapsed)}, ETA {eta}"
 
 
 def _progress(start: int, total: int):
