@@ -249,13 +249,13 @@ class Trainer:
             self.scaler.unscale_(self.opt)
         max_norm = self.cfg.gradient_clipping if self.cfg.gradient_clipping > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        loss_ok, grad_ok = torch.stack([totals["loss"].isfinite(), grad_norm.isfinite()]).tolist()  # the one sync
-        if not (loss_ok and grad_ok):
+        # the step's one host sync; the gradient is all-reduced, so every rank decides alike
+        if not bool(grad_norm.isfinite()):
             self.opt.zero_grad(set_to_none=True)
             self.timestep_sampler.restore(history)
-            # an fp16 overflow of the scaled gradient (finite loss) is the scaler's business while its scale
-            # can still fall; a non-finite loss, or an overflow at a scale below 1, is a bad step
-            self.last_skip_overflow = bool(self.scaler and loss_ok and self.scaler.get_scale() >= 1.0)
+            # with fp16 a non-finite gradient is first the loss scaler's business (it halves its scale); once
+            # the scale is below 1 it is a bad step, as in fp32 and bf16
+            self.last_skip_overflow = bool(self.scaler and self.scaler.get_scale() >= 1.0)
             if self.scaler:
                 self.scaler.update()
             return None
