@@ -147,8 +147,7 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
     sampler = api.sampler(respacing, eta, config.clamp_step, config.top_p, config.clip_denoised, config.sigma_small,
                           config.sampler or ("ddim" if eta >= 0 else ""))
     data_dir = Path(config.data_dir or api.config.data_dir)
-    data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples,
-                      report=dist_util.rank() == 0)
+    data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples)
     out_dir, name = plan_output(config, api, respacing, eta)
     if dist_util.rank() == 0:
         try:
@@ -165,6 +164,8 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
     if data.truncation is not None:  # what the data was, not a setting: kept out of the decode's identity
         info["data"] = {"truncation": data.truncation.to_dict()}
     meta = decode_to_files(api, sampler, data, config.seed_list(), out_dir, name, config.batch_size, info)
+    if dist_util.rank() == 0 and data.truncation is not None and data.truncation.truncated:
+        logger.warning(data.truncation.describe(f"{data_dir / config.split}.jsonl"))
     run = DecodeRun(out_dir, name, meta)
     if config.evaluate and dist_util.rank() == 0:
         files = sorted(out_dir / entry["file"] for entry in json.loads(meta.read_text())["seeds"].values())
