@@ -108,8 +108,8 @@ class Seq2SeqDiffusion:
         records, steps = [], []
         for start in starts:
             stop = min(start + batch_size, indices.stop)
-            ids = data.input_ids[start:stop].to(self.device)
-            mask = data.input_mask[start:stop].to(self.device)
+            ids, mask = data.rows(slice(start, stop))
+            ids, mask = ids.to(self.device), mask.to(self.device)
             x_start = self.model.get_embeds(ids)
             noise = ExampleNoise(seed, range(start, stop), tuple(x_start.shape[1:]), self.device)
             batch_steps: list[torch.Tensor] | None = [] if trajectory is not None else None

@@ -147,7 +147,8 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
     sampler = api.sampler(respacing, eta, config.clamp_step, config.top_p, config.clip_denoised, config.sigma_small,
                           config.sampler or ("ddim" if eta >= 0 else ""))
     data_dir = Path(config.data_dir or api.config.data_dir)
-    data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples)
+    data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples,
+                      cache=config.data_cache)
     out_dir, name = plan_output(config, api, respacing, eta)
     if dist_util.rank() == 0:
         try:

@@ -42,6 +42,8 @@ class DecodeConfig:
     out_dir: str = option("generation_outputs", "outputs go to OUT_DIR/<checkpoint folder>/<checkpoint>.samples/")
     data_dir: str = option("", "override the training data folder")
     max_examples: int | None = option(None, "decode only the first N inputs")
+    data_cache: str = option("", "folder of the tokenized data cache (default: <data_dir>/.diffuseq_cache, or "
+                                 "~/.cache/diffuseq/ when the data folder is read-only); 'none': tokenize in memory")
     dtype: str = option("fp32", "autocast dtype of the network (fp16 runs on a CPU too, slowly); nearest-word "
                                 "distances are float32 whatever it is", choices=DTYPES)
     tf32: bool = option(True, "on CUDA with --dtype fp32: the network's matmuls in TF32 (as torch 1.9, which the "

@@ -42,6 +42,9 @@ class TrainConfig:
                               "(read from the folder named by config_name), else the word-list path")
     vocab_size: int = option(8000, "size of the vocabulary built by --vocab train (the actual size is saved)")
     seq_len: int = option(128, "length of src [SEP] trg sequences, padding included")
+    data_cache: str = option("", "folder of the tokenized data cache (each split tokenized once, then memory-mapped "
+                                 "by every rank and run; default: <data_dir>/.diffuseq_cache, or ~/.cache/diffuseq/ "
+                                 "when the data folder is read-only); 'none': tokenize in memory at every start")
     # diffusion
     diffusion_steps: int = option(2000, "number of diffusion steps T", "--diff_steps")
     noise_schedule: str = option("sqrt", "noise schedule", choices=NOISE_SCHEDULES)

@@ -53,7 +53,7 @@ class BatchStream:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
             idx = self._next_indices()
-            yield self.data.input_ids[idx], self.data.input_mask[idx]
+            yield self.data.rows(idx)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "offset": self.offset}

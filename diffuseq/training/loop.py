@@ -55,8 +55,9 @@ class Trainer:
         self.rank, self.world = dist_util.rank(), dist_util.world_size()
         self.is_main = self.rank == 0
 
-        train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len, report=self.is_main)
-        self.valid = load_split(Path(cfg.data_dir), "valid", vocab, cfg.seq_len, max_examples=VALID_EXAMPLES)
+        train = load_split(Path(cfg.data_dir), "train", vocab, cfg.seq_len, report=self.is_main, cache=cfg.data_cache)
+        self.valid = load_split(Path(cfg.data_dir), "valid", vocab, cfg.seq_len, max_examples=VALID_EXAMPLES,
+                                cache=cfg.data_cache)
         self.stream = BatchStream(train, cfg.batch_size * self.world, self.rank, self.world, cfg.seed)
         self.batches = iter(self.stream)
         self.microbatch = self.stream.local_batch if cfg.microbatch <= 0 else min(cfg.microbatch,
@@ -285,8 +286,8 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         sums: dict[str, torch.Tensor] = {}
         for start in range(0, len(self.valid), self.microbatch):
-            ids = self.valid.input_ids[start:start + self.microbatch].to(self.device)
-            mask = self.valid.input_mask[start:start + self.microbatch].to(self.device)
+            ids, mask = self.valid.rows(slice(start, start + self.microbatch))
+            ids, mask = ids.to(self.device), mask.to(self.device)
             t = torch.randint(0, self.diffusion.num_timesteps, (ids.size(0),), device=self.device, generator=generator)
             with self._autocast():
                 terms = self._losses(self.model, ids, mask, t, with_nll=True, generator=generator)

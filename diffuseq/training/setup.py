@@ -28,7 +28,7 @@ import torch
 
 from .. import dist_util
 from ..config import BERT_BASE_NAMES, TrainConfig
-from ..data import read_jsonl_pairs, split_path
+from ..data import check_split, read_jsonl_pairs, split_path
 from ..data.vocab import Vocabulary, WordPieceVocab, build_vocab, load_vocab_from, train_wordpiece
 from ..errors import UserError
 from ..model import EncoderConfig
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # May differ when a run continues in its folder: how long it runs and what it logs (the folder's values
 # unless given again), and where it logs to and starts from (the command's).
 SCHEDULE = ("learning_steps", "save_interval", "log_interval", "eval_interval", "max_bad_steps", "notes")
-MUTABLE = (*SCHEDULE, "wandb", "resume_checkpoint", "checkpoint_path", "tf32", "compile")
+MUTABLE = (*SCHEDULE, "wandb", "resume_checkpoint", "checkpoint_path", "tf32", "compile", "data_cache")
 # Fixed by the checkpoint a post-training starts from.
 ARCHITECTURE = ("seq_len", "hidden_dim", "hidden_t_dim", "diffusion_steps", "noise_schedule", "vocab", "vocab_size",
                 "config_name", "self_cond")
@@ -201,7 +201,7 @@ def plan_run(cfg: TrainConfig, default_folder: str = "") -> RunPlan:
     if cfg.use_plm_init == "bert" and resume is None:
         bert_weights_folder(cfg.config_name)
     for split in ("train", "valid"):
-        read_jsonl_pairs(split_path(Path(cfg.data_dir), split))
+        check_split(split_path(Path(cfg.data_dir), split), cfg.data_cache)
     if resume is not None and ckpt.parse_step(resume) >= cfg.learning_steps:
         raise UserError(f"{resume} is at step {ckpt.parse_step(resume)}, not below --learning_steps "
                         f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
