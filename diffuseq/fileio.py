@@ -62,19 +62,34 @@ def atomic_write_text(text: str, path: Path) -> None:
     atomic_write(path, "w", lambda handle: handle.write(text))
 
 
+_BLANK = object()
+
+
+def parse_jsonl_line(path: str | Path, lineno: int, raw: bytes) -> Any:
+    """The object on one line of a jsonl file (see :func:`is_blank` for a blank line); a line that is not UTF-8 or not
+    JSON is a ``UserError`` naming the file and the line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                        f"{err.start + 1})") from None
+    if not line.strip():
+        return _BLANK
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+
+
+def is_blank(parsed: Any) -> bool:
+    """Whether :func:`parse_jsonl_line` found a blank line."""
+    return parsed is _BLANK
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object) of each non-blank line; a line that is not UTF-8 or not JSON is a
-    ``UserError`` naming the file and the line."""
+    """(line number, parsed object) of each non-blank line (see :func:`parse_jsonl_line`)."""
     with open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                                f"{err.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            record = parse_jsonl_line(path, lineno, raw)
+            if not is_blank(record):
+                yield lineno, record

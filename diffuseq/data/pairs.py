@@ -23,6 +23,7 @@ import torch
 
 from .. import dist_util
 from ..errors import UserError
+from ..fileio import is_blank, parse_jsonl_line
 from .vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -36,17 +37,9 @@ MAX_SEQ_LEN = 512  # the encoder's positions
 def _careful_pair(path: Path, lineno: int, raw: bytes) -> tuple[str, str] | None:
     """One line read as :func:`diffuseq.fileio.read_jsonl` reads it: None for a blank line, else its pair, or
     the UserError naming the file and line."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
-                        f"{err.start + 1})") from None
-    if not line.strip():
+    record = parse_jsonl_line(path, lineno, raw)
+    if is_blank(record):
         return None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(record, dict) or not isinstance(record.get("src"), str) \
             or not isinstance(record.get("trg"), str):
         raise UserError(f"{path}:{lineno}: a line needs string fields \"src\" and \"trg\"")
