@@ -42,6 +42,9 @@ from statistics import mean, stdev
 import torch
 
 from diffuseq import DecodeConfig, Seq2SeqDiffusion, metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from compare_original import cpu_name  # noqa: E402  (the benchmarks' CPU name)
 from diffuseq.config.decode import DTYPES
 from diffuseq.decode import run_decode
 from diffuseq.errors import UserError, run_cli
@@ -66,16 +69,6 @@ def native_bf16() -> bool:
     except OSError:
         return False
     return ("avx512_bf16" in flags or "amx_bf16" in flags) and not torch.cuda.is_available()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> str:
@@ -431,7 +424,7 @@ def main() -> int:
     bf16 = native_bf16()
     args.precision = args.precision or ("bf16" if bf16 else "fp32")
     args.dtype = args.dtype or (args.precision if args.precision in DTYPES else "fp32")
-    info = {"argv": " ".join(shlex.quote(a) for a in sys.argv[1:]), "cpu": cpu_model(), "cores": os.cpu_count(),
+    info = {"argv": " ".join(shlex.quote(a) for a in sys.argv[1:]), "cpu": cpu_name(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "bf16": bf16, "precision": args.precision,
             "torch": torch.__version__, "python": platform.python_version(), "load_start": load_average()}
     started = time.perf_counter()
