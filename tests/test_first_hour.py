@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 
 import pytest
 from helpers import ROOT, make_toy_dataset, run_script, tiny_args
@@ -43,6 +46,85 @@ def test_resuming_with_another_process_count_names_both_global_batches(toy, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if "global batch changes" in line]
     assert len(warnings) == 1 and "from 8 to 16 (--bsz 8 is per process)" in warnings[0], warnings
+
+
+def test_a_repeated_ctrl_c_does_not_cut_the_save_or_the_exit(toy, tmp_path):
+    """torchrun forwards the Ctrl-C every rank already got: the repeats arrive while the run saves and shuts down.
+    Here they come every 20 ms until the process ends: one hint, exit 130, the checkpoint complete."""
+    folder = tmp_path / "ck"
+    flags = tiny_args(toy, folder, learning_steps=100000, save_interval=100000, eval_interval=0, log_interval=5)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "run_train.py"), *flags], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 120
+        while "step 5/" not in (tmp_path / "log.txt").read_text() and time.time() < deadline:
+            assert proc.poll() is None, (tmp_path / "log.txt").read_text()
+            time.sleep(0.2)
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.02)
+    output = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "interrupted" not in output, output[-3000:]
+    hints = [line for line in output.splitlines() if "continues it" in line]
+    assert len(hints) == 1, output[-3000:]
+    step = int(re.search(r"stopped at step (\d+)", hints[0]).group(1))
+    assert (folder / f"model{step:06d}.pt").is_file() and (folder / f"trainstate{step:06d}.pt").is_file()
+
+
+FAKE_TORCHRUN = """\
+    import signal, sys, time
+    def stop(signum, frame):
+        print("[rank 0] stopped at step 7 by signal 2 (checkpoint saved in ck); the same command continues it",
+              file=sys.stderr, flush=True)
+        print("W1206 torchrun: received signal, shutting down", file=sys.stderr, flush=True)
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print('  File "/venv/bin/torchrun", line 8, in <module>', file=sys.stderr)
+        print("    sys.exit(main())", file=sys.stderr)
+        print("torch.distributed.elastic.multiprocessing.api.SignalException: Process 4242 got signal: 2",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
+    signal.signal(signal.SIGINT, stop)
+    if "--fail" in sys.argv:
+        print("Traceback (most recent call last):", file=sys.stderr)
+        print('  File "run_train.py", line 3, in <module>', file=sys.stderr)
+        print("RuntimeError: a real failure", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print("ready " + " ".join(sys.argv[1:3]), flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_launcher_hides_torchruns_traceback_of_a_ctrl_c_and_keeps_every_other(tmp_path, fail):
+    """scripts/launch.sh under Ctrl-C (a torchrun that behaves as the real one: its ranks' hint, then its own
+    traceback of the signal): exit 130 and no traceback; a real failure keeps its traceback and exit code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_TORCHRUN))
+    (bin_dir / "torchrun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "NPROC": "2"}
+    command = ["bash", str(ROOT / "scripts/train.sh"), "data", "toy", *(["--fail"] if fail else [])]
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                start_new_session=True)
+        deadline = time.time() + 60
+        while not fail and "ready" not in (tmp_path / "log.txt").read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        if not fail:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        code = proc.wait(timeout=60)
+    output = (tmp_path / "log.txt").read_text()
+    if fail:
+        assert code == 1 and "Traceback" in output and "RuntimeError: a real failure" in output, output
+        return
+    assert "ready --standalone --nproc_per_node=2" in output, output
+    assert code == 130, output
+    assert "Traceback" not in output and "SignalException" not in output, output
+    assert [line for line in output.splitlines() if "continues it" in line] == [
+        "[rank 0] stopped at step 7 by signal 2 (checkpoint saved in ck); the same command continues it"]
+    assert "W1206 torchrun: received signal, shutting down" in output
 
 
 def test_the_readme_commands_run_as_written_at_a_tiny_size(toy, tmp_path):

@@ -23,7 +23,7 @@ def main() -> int:
     cfg = parse_train_args(sys.argv[1:])
     from ..training.setup import train
 
-    trainer = train(cfg)
+    trainer = train(cfg, restore_signal_handlers=False)  # torchrun repeats a Ctrl-C: it must not cut the exit
     log = logging.getLogger("run_train")
     if trainer.stopped_by:
         if rank == 0:

@@ -89,6 +89,7 @@ class Trainer:
         self.last_skip_overflow = False
         self.stop_requested = False
         self.stopped_by: int | None = None  # the signal that stopped the run (SIGINT / SIGTERM), if any
+        self._previous_handlers: dict[int, Any] = {}
         self.control_group = None  # the process group the stop flag travels in (see _agree_to_stop)
         self.loss_fn: Callable[..., dict[str, torch.Tensor]] = self._losses
         seed_everything(cfg.seed * 1000 + self.rank)  # per-rank training randomness
@@ -309,10 +310,18 @@ class Trainer:
                                f"{1 - 10 / max(steps, 10):.3g}")
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
+        first = not self.stop_requested
         self.stop_requested = True
         self.stopped_by = self.stopped_by or signum
-        if self.is_main:
+        if self.is_main and first:
             logger.warning("received signal %d: saving a checkpoint and stopping", signum)
+
+    def restore_signal_handlers(self) -> None:
+        """Put back the SIGTERM / SIGINT handlers ``run`` replaced (after a stop by signal it leaves handlers that
+        ignore repeats, so that the process-group shutdown after it is not interrupted)."""
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
 
     def _agree_to_stop(self) -> bool:
         """Whether any rank was asked to stop (all ranks then agree on the signal).
@@ -346,7 +355,8 @@ class Trainer:
                             f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
         if self.is_main:
             self._warn_about_slow_ema(cfg.learning_steps - self.step)
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM,
+                                                                                         signal.SIGINT)}
         report = TrainingReport(cfg, self.step, self.is_main, self.device)
         try:
             self.model.train()
@@ -382,6 +392,9 @@ class Trainer:
                         self.save()
                     break
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            if self.stopped_by is None:
+                self.restore_signal_handlers()
+            else:  # stopping: a repeat (torchrun forwards the Ctrl-C every rank got) must not break the shutdown
+                for sig in self._previous_handlers:
+                    signal.signal(sig, signal.SIG_IGN)  # SIG_IGN, unlike a Python handler, holds until the exit
             report.close()

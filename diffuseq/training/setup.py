@@ -297,13 +297,20 @@ def setup_run(cfg: TrainConfig, device: torch.device) -> Trainer:
     return trainer
 
 
-def train(cfg: TrainConfig) -> Trainer:
+def train(cfg: TrainConfig, restore_signal_handlers: bool = True) -> Trainer:
     """Run training in this process (one rank of a distributed run); return the trainer when it stops
-    (``trainer.stopped_by``: the signal that stopped it, if any)."""
+    (``trainer.stopped_by``: the signal that stopped it, if any).
+
+    After a stop by SIGINT / SIGTERM, repeats of the signal are ignored until the run's processes have
+    shut down; ``restore_signal_handlers=False`` keeps ignoring them afterwards (a command that exits next).
+    """
     device = dist_util.setup()
+    trainer = None
     try:
         trainer = setup_run(cfg, device)
         trainer.run()
         return trainer
     finally:
         dist_util.cleanup()
+        if trainer is not None and restore_signal_handlers:
+            trainer.restore_signal_handlers()
