@@ -17,15 +17,34 @@ from __future__ import annotations
 import argparse
 import time
 from contextlib import nullcontext
+from typing import Any, Callable
 
 import torch
 from common import peak_memory_mb
 
 from diffuseq.samplers import SAMPLERS, ExampleNoise, NearestEmbedding, SamplerConfig, create_sampler, denoise
 from diffuseq.model import EncoderConfig, TransformerNetModel
-from diffuseq.runtime import keep_freed_memory
+from diffuseq.runtime import PRECISIONS, autocast_dtype, keep_freed_memory
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+class Timed:
+    """Calls ``inner`` and adds its seconds, the device synchronised before and after, to ``timings[key]``."""
+
+    def __init__(self, inner: Callable[..., Any], timings: dict[str, float], key: str, device: torch.device) -> None:
+        self.inner, self.timings, self.key, self.device = inner, timings, key, device
+        self.self_cond = getattr(inner, "self_cond", False)  # the reverse chain asks the network
+
+    def __call__(self, *args: Any) -> Any:
+        self._sync()
+        started = time.perf_counter()
+        out = self.inner(*args)
+        self._sync()
+        self.timings[self.key] = self.timings.get(self.key, 0.0) + time.perf_counter() - started
+        return out
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def time_decode(args: argparse.Namespace) -> dict[str, float]:
@@ -36,9 +55,8 @@ def time_decode(args: argparse.Namespace) -> dict[str, float]:
                                 EncoderConfig(args.layers, args.hidden, args.heads, args.ffn),
                                 self_cond=args.self_cond).to(device).eval()
     model.requires_grad_(False)
-    sampler = create_sampler(SamplerConfig(args.diff_steps, "sqrt", args.respacing, sampler=args.sampler,
-                                           eta=0.0 if args.sampler == "ddim" else -1.0))
-    dtype = DTYPES[args.dtype]
+    sampler = create_sampler(SamplerConfig(args.diff_steps, "sqrt", args.respacing, sampler=args.sampler))
+    dtype = autocast_dtype(args.dtype)
     embeddings = model.word_embedding.weight.detach()
     clamp = None if args.no_clamp else NearestEmbedding(embeddings.to(dtype) if dtype else embeddings)
     ids = torch.randint(5, args.vocab_size, (args.batch, args.seq_len), device=device)
@@ -51,8 +69,9 @@ def time_decode(args: argparse.Namespace) -> dict[str, float]:
         for repeat in range(args.repeats + 1):
             timings: dict[str, float] = {}
             noise = ExampleNoise(repeat, range(args.batch), tuple(x_start.shape[1:]), device)
+            timed_clamp = None if clamp is None else Timed(clamp, timings, "clamp", device)
             started = time.perf_counter()
-            denoise(model, sampler, x_start, mask, noise, clamp, timings)
+            denoise(Timed(model, timings, "network", device), sampler, x_start, mask, noise, timed_clamp)
             total = time.perf_counter() - started
             if repeat:  # the first decode warms up
                 runs.append((total, timings))
@@ -75,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--source_len", type=int, default=None,
                         help="source positions at the start of each sequence (default: half of seq_len)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--dtype", choices=PRECISIONS, default="fp32")
     parser.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     parser.add_argument("--self_cond", action="store_true", help="a self-conditioned denoiser")
     parser.add_argument("--no_clamp", action="store_true")
@@ -93,7 +112,9 @@ def main() -> None:
     print(f"config: {args.layers} layers / {args.hidden} / {args.heads} heads / {args.ffn}, seq_len {args.seq_len}, "
           f"hidden_dim {args.hidden_dim}, T {args.diff_steps}, vocab {args.vocab_size}, batch {args.batch}, "
           f"{r['source_len']} source positions, "
-          f"{args.sampler}{' self_cond' if args.self_cond else ''}, respacing {args.respacing or 'all'} ({steps} steps), clamp {'off' if args.no_clamp else 'every step'}, "
+          f"{args.sampler}{' self_cond' if args.self_cond else ''}, "
+          f"respacing {args.respacing or 'all'} ({steps} steps), "
+          f"clamp {'off' if args.no_clamp else 'every step'}, "
           f"{args.dtype}, {args.threads} thread(s), {r['device']}")
     print(f"per denoising step: {1000 * total / steps:.1f} ms (network {1000 * r['network'] / steps:.1f} ms, "
           f"clamping {1000 * r['clamp'] / steps:.1f} ms)")

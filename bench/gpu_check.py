@@ -389,7 +389,6 @@ def build_trainer(size: Size, data: Path, work: Path, device: torch.device, prec
                                                "--dropout", "0.1", "--precision", precision,
                                                "--checkpoint_path", str(work / "ck")])
     vocab = load_vocab_from(data / "vocab.txt")
-    cfg.vocab_size = vocab.size
     return Trainer(cfg, work / "ck", vocab, device)
 
 
@@ -436,9 +435,9 @@ def time_decoding(ctx: Context, data: Path, dtype: str, compile: bool) -> dict[s
     from diffuseq.api import Seq2SeqDiffusion
     from diffuseq.config import parse_train_args
     from diffuseq.data.vocab import load_vocab_from
-    from diffuseq.model.checkpoints import create_model
+    from diffuseq.loading import create_model
     from diffuseq.runtime import autocast_dtype, cuda_tf32
-    from diffuseq.samplers import ExampleNoise, denoise
+    from diffuseq.samplers import ExampleNoise, create_sampler, denoise
 
     size, batch = ctx.plan.bench, ctx.plan.decode_batch
     if ctx.device.type == "cuda":
@@ -449,7 +448,7 @@ def time_decoding(ctx: Context, data: Path, dtype: str, compile: bool) -> dict[s
     torch.manual_seed(0)
     model = create_model(cfg, vocab.size).to(ctx.device).eval()
     api = Seq2SeqDiffusion(model, cfg, vocab, ctx.device, dtype, compile=compile)
-    sampler = api.sampler(ctx.plan.respacing)
+    sampler = create_sampler(api.sampling(respacing=ctx.plan.respacing))
     ids = torch.randint(5, vocab.size, (batch, size.seq_len), device=ctx.device)
     mask = (torch.arange(size.seq_len, device=ctx.device) >= size.seq_len // 2).long().expand(batch, -1)
     amp = autocast_dtype(dtype)

@@ -26,7 +26,7 @@ from common import peak_memory_mb, synthetic_dataset
 
 from diffuseq.config import parse_train_args
 from diffuseq.data.vocab import load_vocab_from
-from diffuseq.runtime import keep_freed_memory
+from diffuseq.runtime import PRECISIONS, keep_freed_memory
 from diffuseq.training.loop import Trainer
 
 
@@ -44,7 +44,6 @@ def bench(args: argparse.Namespace, penalty: bool, work: Path) -> dict[str, floa
         flags += " --self_cond"
     cfg = parse_train_args(flags.split())
     vocab = load_vocab_from(data / "vocab.txt")
-    cfg.vocab_size = vocab.size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trainer = Trainer(cfg, work / "ck", vocab, device)
     trainer.model.train()
@@ -70,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--vocab_size", type=int, default=8000)
     parser.add_argument("--sampler", default="uniform", choices=("uniform", "lossaware"))
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)

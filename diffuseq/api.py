@@ -3,9 +3,9 @@
     from diffuseq import Seq2SeqDiffusion
 
     model = Seq2SeqDiffusion.from_checkpoint("diffusion_models/run/ema_0.9999_050000.pt")
-    texts = model.generate(["how can i be a good geologist?"], respacing="adp_20", seed=10)
-    per_seed = model.generate(sources, respacing="adp_20", seeds=[10, 11])      # one list per seed
-    result = model.generate(sources, respacing="adp_20", return_x0=True)        # texts + every x_0
+    texts = model.generate(["how can i be a good geologist?"], respacing="adp_20", seeds=[10]).first
+    per_seed = model.generate(sources, respacing="adp_20", seeds=[10, 11]).texts   # one list per seed
+    steps = model.generate(sources, respacing="adp_20", return_x0=True).x0[0]     # every x_0 of the first seed
 
 The command-line decoder (``sample_seq2seq.py``) is a layer over this class.
 """
@@ -22,23 +22,32 @@ from typing import Sequence
 import torch
 
 from .config import TrainConfig
+from .config.decoding import DEFAULT_SEED
 from .data import Seq2SeqData, encode_sources
 from .data.vocab import Vocabulary, decode_text
+from .errors import UserError
+from .loading import load_checkpoint
 from .metrics.clean import SpecialTokens, clean_recover
-from .model.checkpoints import load_checkpoint
 from .runtime import autocast_dtype, compile_model, keep_freed_memory_on
 from .samplers import ExampleNoise, NearestEmbedding, ReverseSampler, SamplerConfig, create_sampler, denoise
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Generation:
-    """What ``generate(..., return_x0=True)`` returns: the texts, and the x_0 prediction of every step
-    (each ``[len(sources), seq_len, hidden_dim]``, as the step used it, clamped) per seed."""
+    """What ``generate`` returns, per seed in the order given: the texts (one per source) and, with
+    ``return_x0``, the x_0 prediction of every step (each ``[len(sources), seq_len, hidden_dim]``, as the
+    step used it, clamped; empty lists without it)."""
 
+    seeds: list[int]
     texts: list[list[str]]
     x0: list[list[torch.Tensor]]
+
+    @property
+    def first(self) -> list[str]:
+        """The texts of the first seed (the only one by default)."""
+        return self.texts[0]
 
 
 def clean_text(text: str, vocab: Vocabulary) -> str:
@@ -78,11 +87,11 @@ class Seq2SeqDiffusion:
         """T, the number of diffusion steps the model was trained with."""
         return self.config.diffusion_steps
 
-    def sampler(self, respacing: str = "", eta: float = -1.0, clamp_step: int = 0, top_p: float = 0.0,
-                clip_denoised: bool = False, sigma_small: bool = False, sampler: str = "") -> ReverseSampler:
-        """A reverse sampler over this model's schedule (see :class:`diffuseq.samplers.SamplerConfig`)."""
-        return create_sampler(SamplerConfig(self.config.diffusion_steps, self.config.noise_schedule, respacing, eta,
-                                            clamp_step, clip_denoised, top_p, sigma_small, sampler))
+    def sampling(self, **settings: object) -> SamplerConfig:
+        """The decoding settings over this model's schedule: :class:`diffuseq.samplers.SamplerConfig` with its
+        defaults for what ``settings`` (``respacing``, ``eta``, ``clamp_step``, ``top_p``, ``clip_denoised``,
+        ``sigma_small``, ``sampler``) leaves out."""
+        return SamplerConfig(self.num_timesteps, self.config.noise_schedule, **settings)
 
     @torch.inference_mode()
     def decode_data(self, data: Seq2SeqData, sampler: ReverseSampler, seed: int, indices: range | None = None,
@@ -130,32 +139,37 @@ class Seq2SeqDiffusion:
             trajectory.extend(torch.cat([batch[i] for batch in steps]).float().cpu() for i in range(len(steps[0])))
         return records
 
-    def generate(self, sources: Sequence[str], respacing: str = "adp_20", seed: int = 10,
-                 seeds: Sequence[int] | None = None, batch_size: int = 64, eta: float = -1.0,
-                 clamp_step: int = 0, top_p: float = 0.0, clip_denoised: bool = False, sigma_small: bool = False,
-                 sampler: str = "", return_x0: bool = False,
-                 raw: bool = False) -> list[str] | list[list[str]] | Generation:
-        """Generate one text per source: clean text (no ``[CLS]``/``[SEP]``/``[PAD]``), or with ``raw`` the
-        decoded tokens as DiffuSeq's ``recover`` field holds them.
+    def generate(self, sources: Sequence[str], sampling: SamplerConfig | None = None, *,
+                 seeds: Sequence[int] = (DEFAULT_SEED,), batch_size: int = 64, return_x0: bool = False,
+                 raw: bool = False, **settings: object) -> Generation:
+        """Generate one text per source and seed: clean text (no ``[CLS]``/``[SEP]``/``[PAD]``), or with ``raw``
+        the decoded tokens as DiffuSeq's ``recover`` field holds them.
 
-        With ``seeds`` the result is one list per seed; with ``return_x0`` a :class:`Generation`
-        holding the texts (per seed) and every step's x_0 prediction. Sources are encoded as
-        DiffuSeq encodes the source side; one longer than about half of ``seq_len`` is truncated
-        (with a warning).
+        The decoding settings are ``sampling`` (over this model's schedule, e.g. from :meth:`sampling` or
+        :meth:`DecodeConfig.sampling`) or, without it, keywords for it (see :meth:`sampling`; its defaults
+        are ``sample_seq2seq.py``'s, as the seed is). With ``return_x0`` the result also holds every step's
+        x_0 prediction. Sources are encoded as DiffuSeq encodes the source side; one longer than about half
+        of ``seq_len`` is truncated (with a warning).
         """
+        if sampling is None:
+            sampling = self.sampling(**settings)
+        elif settings:
+            raise TypeError("generate takes the decoding settings as a SamplerConfig or as keywords, not both")
+        if (sampling.num_train_timesteps, sampling.noise_schedule) != (self.num_timesteps, self.config.noise_schedule):
+            raise UserError(f"the decoding settings are for T = {sampling.num_train_timesteps} "
+                            f"({sampling.noise_schedule}); this model has T = {self.num_timesteps} "
+                            f"({self.config.noise_schedule}): build them with its sampling()")
         data = encode_sources(list(sources), self.vocab, self.config.seq_len)
         if data.truncation is not None and data.truncation.truncated:
             logger.warning("%d of %d sources are longer than this model's seq_len %d holds with a target as long: "
                            "their ends are dropped, as DiffuSeq drops them", data.truncation.truncated,
                            data.truncation.pairs, self.config.seq_len)
-        reverse = self.sampler(respacing, eta, clamp_step, top_p, clip_denoised, sigma_small, sampler)
+        sampler = create_sampler(sampling)
         texts, x0s = [], []
-        for one_seed in (list(seeds) if seeds is not None else [seed]):
+        for seed in seeds:
             trajectory: list[torch.Tensor] | None = [] if return_x0 else None
-            records = self.decode_data(data, reverse, one_seed, batch_size=batch_size, trajectory=trajectory)
+            records = self.decode_data(data, sampler, seed, batch_size=batch_size, trajectory=trajectory)
             texts.append([record["recover"] if raw else clean_text(record["recover"], self.vocab)
                           for record in records])
             x0s.append(trajectory or [])
-        if return_x0:
-            return Generation(texts, x0s)
-        return texts if seeds is not None else texts[0]
+        return Generation(list(seeds), texts, x0s)

@@ -6,6 +6,7 @@ leaves a half-written file under a real name; it gets the mode the user's umask 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -55,6 +56,16 @@ def atomic_write(path: Path, mode: str, write: Callable[[IO], object]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def sha256_file(path: str | Path, offset: int = 0) -> str:
+    """SHA-256 of a file's bytes from ``offset``, read in 8 MB chunks (never mapped: no resident pages)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(text: str, path: Path) -> None:

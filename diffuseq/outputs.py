@@ -1,4 +1,5 @@
-"""Decode outputs that say what made them: meta files, locks, and the check that a folder is not mixed.
+"""Decode outputs that say what made them: meta files, locks, the check that a folder is not mixed, and
+finding and scoring a decode's files.
 
 A decode writes, next to its per-seed files ``seed<S>_<name>.json``, one ``decode_<name>.meta.json``
 holding the checkpoint's identity (path, size, mtime, SHA-256), every setting that changes the text,
@@ -6,34 +7,33 @@ and for each seed file its SHA-256. The meta is written before the first seed fi
 after each, so an interrupted decode still describes the files it completed (``"complete": false``).
 
 :func:`check_outputs` groups a selection of output files by the decode that made them, and
-refuses files that changed after their decode, or (unless allowed) files of different decodes.
+refuses files that changed after their decode, or (unless allowed) files of different decodes;
+:func:`score_files` scores them (:mod:`diffuseq.metrics.files`) once they pass, with notes on what their
+meta files say.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from .errors import UserError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, sha256_file
+from .metrics.files import FileScores, score_output_files
 
+logger = logging.getLogger(__name__)
 META_SUFFIX = ".meta.json"
 
 
 def meta_path(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / f"decode_{name}{META_SUFFIX}"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:
@@ -80,7 +80,7 @@ def start_meta(out_dir: Path, name: str, info: dict[str, Any]) -> dict[str, Any]
             raise UserError(f"{path} describes a decode with other settings; use another --out_dir")
         for seed, entry in old.get("seeds", {}).items():
             file = Path(out_dir) / entry.get("file", "")
-            if file.is_file() and sha256_of(file) == entry.get("sha256"):
+            if file.is_file() and sha256_file(file) == entry.get("sha256"):
                 seeds[seed] = entry
     meta = {**info, "complete": False, "seeds": seeds}
     atomic_write_text(json.dumps(meta, indent=2) + "\n", path)
@@ -123,7 +123,7 @@ def check_outputs(files: list[Path], allow_mixed: bool = False) -> dict[str, lis
     groups: dict[str, list[Path]] = {}
     for file in files:
         owner, digest = owners.get(Path(file).resolve(), ("", ""))
-        if owner and sha256_of(Path(file)) != digest:
+        if owner and sha256_file(file) != digest:
             raise UserError(f"{file} is not the file its decode wrote ({owner} records another content): it was "
                             f"changed or left by another run")
         groups.setdefault(owner, []).append(Path(file))
@@ -132,3 +132,76 @@ def check_outputs(files: list[Path], allow_mixed: bool = False) -> dict[str, lis
         raise UserError(f"the files come from {len(groups)} different decodes ({names}); select one with --pattern "
                         f"or pass --allow_mixed")
     return groups
+
+
+def _matching(folder: str | Path, pattern: str) -> list[str]:
+    """The sorted regular files in ``folder`` matching ``pattern``, less the decoder's ``*.meta.json`` and
+    ``*.eval.json``."""
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(str(folder)), pattern))
+                  if os.path.isfile(p) and not p.endswith((META_SUFFIX, ".eval.json")))
+
+
+def find_files(folder: str, pattern: str) -> list[str]:
+    """The sorted regular files in ``folder`` matching ``pattern``; a ``UserError`` when there are none.
+
+    What the decoder writes beside the outputs (``*.meta.json``, ``*.eval.json``) is skipped.
+    """
+    if not os.path.isdir(folder):
+        raise UserError(f"--folder {folder}: no such folder")
+    files = _matching(folder, pattern)
+    if not files:
+        raise UserError(f"no files matching {pattern!r} in {folder}")
+    return files
+
+
+def find_decode_folders(root: str, pattern: str) -> list[Path]:
+    """The folders to evaluate for ``--folder root``: ``root`` itself when it holds files matching ``pattern``,
+    else the decode folders below it that do (``*.samples`` folders, or any holding a ``decode_*.meta.json``:
+    an output root such as ``generation_outputs`` holds its decodes two folders down). A ``UserError`` naming
+    the layout when there are none."""
+    if not os.path.isdir(root):
+        raise UserError(f"--folder {root}: no such folder")
+    if _matching(root, pattern):
+        return [Path(root)]
+    below = sorted({p for p in Path(root).rglob("*.samples") if p.is_dir()}
+                   | {p.parent for p in Path(root).rglob(f"decode_*{META_SUFFIX}") if p.is_file()})
+    found = [folder for folder in below if _matching(folder, pattern)]
+    if not found:
+        empty = f"; the {len(below)} decode folder(s) below it hold none either" if below else ""
+        raise UserError(f"no files matching {pattern!r} in {root}, nor in a decode folder below it (a *.samples "
+                        f"folder, or one holding a decode_*{META_SUFFIX}){empty}; sample_seq2seq.py writes a decode "
+                        f"to <out_dir>/<checkpoint folder>/<checkpoint file>.samples/: pass that folder or its "
+                        f"--out_dir")
+    return found
+
+
+def truncation_note(meta: dict[str, Any] | None) -> str | None:
+    """A note when the decode a meta file describes cut pairs longer than ``--seq_len`` (None otherwise)."""
+    settings = (meta or {}).get("settings") or {}
+    cut = ((meta or {}).get("data") or {}).get("truncation")
+    if not isinstance(cut, dict) or not cut.get("truncated"):
+        return None
+    split = f"{settings['split']} " if settings.get("split") else ""
+    return (f"{cut['truncated']} of {cut['pairs']} {split}pairs were cut to --seq_len {cut['seq_len']} when "
+            f"decoded (the longer side first, as DiffuSeq does), so BLEU is scored against the cut references "
+            f"(longest pair {cut['longest']} tokens; --seq_len {cut['seq_len_99']} holds 99% of the pairs)")
+
+
+def score_files(files: Sequence[str | Path], allow_mixed: bool = False, **options: Any) -> FileScores:
+    """Score the seed files of one decode (:func:`diffuseq.metrics.files.score_output_files`, with its
+    ``options``), after :func:`check_outputs`: files of different decodes are refused unless ``allow_mixed``.
+    The notes say when no meta file describes the files, and when their decode cut long pairs."""
+    groups = check_outputs([Path(f) for f in files], allow_mixed=allow_mixed)
+    notes = []
+    if len(groups) > 1:
+        logger.warning("scoring files of %d different decodes together (--allow_mixed)", len(groups))
+    elif "" in groups:
+        notes.append("no decode meta file describes these files (DiffuSeq's outputs have none): nothing checks "
+                     "that they come from one checkpoint and settings")
+    for meta_name, group in groups.items():
+        note = truncation_note(read_meta(group[0].parent / meta_name)) if meta_name else None
+        if note:
+            notes.append(note)
+    result = score_output_files(files, **options)
+    result.notes[:0] = notes
+    return result

@@ -33,6 +33,11 @@ class Row:
     bleu_std: float | None = None  # the sample standard deviation of BLEU over seeds (two or more)
 
 
+def samples_of(decode_dir: Path) -> Path:
+    """The ``<checkpoint folder>/<checkpoint>.samples`` folder a decode wrote under ``decode_dir`` (its out_dir)."""
+    return next(Path(decode_dir).glob("*/*.samples"))
+
+
 def load_row(model: str, decoding: str, decode_dir: Path, eval_json: Path) -> Row:
     """A row from a decode folder (its ``*.meta.json``) and the evaluation JSON of that folder."""
     metas = sorted(Path(decode_dir).glob("*.meta.json"))
@@ -63,6 +68,20 @@ def add_speedups(rows: list[Row]) -> None:
         row.speedup = reference.seconds / row.seconds if reference is not None and row.seconds > 0 else None
 
 
+def text_table(headers: list[str], body: list[list[str]], left: int = 1, min_width: int = 0,
+               markdown: bool = False) -> str:
+    """A table of text cells: markdown, or fixed width with the first ``left`` columns aligned left and the
+    others aligned right, those at least ``min_width`` wide."""
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+    widths = [max(len(h), 0 if i < left else min_width, *(len(cells[i]) for cells in body))
+              for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < left else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)] + [fmt.format(*cells) for cells in body]
+    return "\n".join(lines)
+
+
 def format_table(rows: list[Row], markdown: bool = False) -> str:
     """A fixed-width (or markdown) table of the rows; BLEU is the seed mean +- the seed standard deviation."""
     headers = ["model", "sampler", "decoding", "steps", "BLEU (0-1)", "ROUGE-L (0-1)", "dist-1 (0-1)", "avg len",
@@ -72,14 +91,7 @@ def format_table(rows: list[Row], markdown: bool = False) -> str:
              f"{r.dist1:.4f}",
              f"{r.avg_len:.2f}", "-" if r.self_bleu is None else f"{r.self_bleu:.4f}", f"{r.seconds:.1f}",
              "-" if r.speedup is None else f"{r.speedup:.1f}x"] for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(cells[i]) for cells in body)) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines = [fmt.format(*headers), "  ".join("-" * w for w in widths)] + [fmt.format(*cells) for cells in body]
-    return "\n".join(lines)
+    return text_table(headers, body, left=3, markdown=markdown)
 
 
 def common_suffix(names: list[str]) -> str:
@@ -94,21 +106,8 @@ def common_suffix(names: list[str]) -> str:
     return suffix
 
 
-def fmt_table(rows: list[tuple[str, dict]], columns: list[tuple[str, str, str]]) -> str:
-    """A plain-text table: ``columns`` are (header, key, format); a missing value is ``-``."""
-    name_w = max([len("file")] + [len(name) for name, _ in rows])
-    widths = [max(9, len(h)) for h, _, _ in columns]
-    head = "file".ljust(name_w) + "".join(f"  {h:>{w}}" for (h, _, _), w in zip(columns, widths))
-    lines = [head, "-" * len(head)]
-    for name, vals in rows:
-        cells = "".join(f"  {format(vals[k], f) if vals.get(k) is not None else '-':>{w}}"
-                        for (_, k, f), w in zip(columns, widths))
-        lines.append(name.ljust(name_w) + cells)
-    return "\n".join(lines)
-
-
 def format_scores(payload: dict) -> str:
-    """The scores of one decode's seed files (the payload of :func:`diffuseq.metrics.files.score_files`): a row
+    """The scores of one decode's seed files (the payload of :func:`diffuseq.outputs.score_files`): a row
     per file (and the MBR selection's), with a line naming the file names' common suffix and one of diversity."""
     corpus = payload["corpus_bleu"]
     columns = [("n", "n", "d"), ("BLEU (0-1)", "bleu", ".4f"), ("ROUGE-L (0-1)", "rougeL", ".4f"),
@@ -131,7 +130,9 @@ def format_scores(payload: dict) -> str:
             vals["corpus_bleu"] = corpus["mbr"]
         rows.append((f"MBR over {n_files} files", vals))
     lines = [f"file names below end in *={suffix}"] if suffix else []
-    lines.append(fmt_table(rows, columns))
+    body = [[name] + ["-" if vals.get(key) is None else format(vals[key], spec) for _, key, spec in columns]
+            for name, vals in rows]
+    lines.append(text_table(["file"] + [header for header, _, _ in columns], body, min_width=9))
     diversity = payload["diversity"]
     if diversity is not None:
         lines.append(f"diversity over {n_files} files (0-1): self-BLEU {diversity['self_bleu']:.4f}  "

@@ -73,8 +73,12 @@ def start_command() -> int:
     return rank
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # the arithmetic of the network: --precision (training), --dtype (decoding)
+
+
 def autocast_dtype(precision: str):
-    """The autocast dtype of ``precision``: None for ``fp32`` (no autocast), bfloat16, float16."""
+    """The autocast dtype of ``precision`` (one of :data:`PRECISIONS`): None for ``fp32`` (no autocast),
+    bfloat16, float16."""
     import torch
 
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from diffuseq import metrics
 from diffuseq.errors import run_cli
-from diffuseq.report import add_speedups, format_table, load_row
+from diffuseq.report import add_speedups, format_table, load_row, samples_of
 
 
 def copy_baseline_bleu(decode_dir: Path) -> float:
@@ -21,11 +21,6 @@ def copy_baseline_bleu(decode_dir: Path) -> float:
     scores = [metrics.sentence_bleu(metrics.clean_source(rec["source"]), metrics.clean_reference(rec["reference"]))
               for rec in lines]
     return sum(scores) / len(scores)
-
-
-def samples_of(decode_dir: Path) -> Path:
-    """The ``<checkpoint folder>/<checkpoint>.samples`` folder a decode wrote under ``decode_dir``."""
-    return next(decode_dir.glob("*/*.samples"))
 
 
 def main() -> int:

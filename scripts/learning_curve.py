@@ -10,7 +10,7 @@ timestep sampling, bf16 where the CPU has native bf16 dot products), saving a ch
 ``--every`` steps, and notes the training wall time at which each checkpoint was complete (its
 ``trainstateNNNNNN.pt``, written last, against the start of the training command). Then it decodes each
 checkpoint's EMA weights with ``adp_20`` on the first ``--test_examples`` test pairs with every seed and
-scores them (``diffuseq.decode.run_decode`` with ``evaluate=True``, the pipeline of
+scores them (``diffuseq.decode_files.run_decode`` with ``evaluate=True``, the pipeline of
 ``sample_seq2seq.py --evaluate``).
 
 Writes ``results.md`` (per checkpoint: step, training wall time, BLEU mean ± standard deviation over
@@ -45,11 +45,11 @@ from diffuseq import DecodeConfig, Seq2SeqDiffusion, metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from compare_original import cpu_name  # noqa: E402  (the benchmarks' CPU name)
-from diffuseq.config.decode import DTYPES
-from diffuseq.decode import run_decode
+from diffuseq.decode_files import run_decode
 from diffuseq.errors import UserError, run_cli
 from diffuseq.fileio import atomic_write_text, read_jsonl
 from diffuseq.model import checkpoints as ckpt
+from diffuseq.runtime import PRECISIONS
 
 logger = logging.getLogger("learning_curve")
 ROOT = Path(__file__).resolve().parent.parent
@@ -389,9 +389,9 @@ def main() -> int:
     parser.add_argument("--train_pairs", type=int, default=None, help="train on the first N pairs of train.jsonl")
     parser.add_argument("--steps", type=int, default=2000, help="training steps")
     parser.add_argument("--every", type=int, default=250, help="a checkpoint (and a point of the curve) every N steps")
-    parser.add_argument("--precision", default="", choices=("", "fp32", "bf16", "fp16"),
+    parser.add_argument("--precision", default="", choices=("", *PRECISIONS),
                         help="training precision (default: bf16 where the CPU has native bf16, else fp32)")
-    parser.add_argument("--dtype", default="", choices=("", *DTYPES), help="decoding dtype (default: --precision)")
+    parser.add_argument("--dtype", default="", choices=("", *PRECISIONS), help="decoding dtype (default: --precision)")
     parser.add_argument("--respacing", default="adp_20")
     parser.add_argument("--seeds", default="10,11,12")
     parser.add_argument("--test_examples", type=int, default=200)
@@ -423,7 +423,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)  # the decoding, in this process
     bf16 = native_bf16()
     args.precision = args.precision or ("bf16" if bf16 else "fp32")
-    args.dtype = args.dtype or (args.precision if args.precision in DTYPES else "fp32")
+    args.dtype = args.dtype or args.precision
     info = {"argv": " ".join(shlex.quote(a) for a in sys.argv[1:]), "cpu": cpu_name(), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "bf16": bf16, "precision": args.precision,
             "torch": torch.__version__, "python": platform.python_version(), "load_start": load_average()}

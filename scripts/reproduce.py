@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from diffuseq import DecodeConfig, Seq2SeqDiffusion
-from diffuseq.config.decode import DTYPES
-from diffuseq.decode import run_decode
+from diffuseq.decode_files import run_decode
 from diffuseq.errors import UserError, run_cli
 from diffuseq.fileio import atomic_write_text
 from diffuseq.model import checkpoints as ckpt
-from diffuseq.report import Row, add_speedups, format_table, load_row
+from diffuseq.report import Row, add_speedups, format_table, load_row, samples_of
+from diffuseq.runtime import PRECISIONS
 from diffuseq.samplers import SAMPLERS
 
 logger = logging.getLogger("reproduce")
@@ -148,19 +148,13 @@ def decode_cell(cell: Cell, model_path: Path, api: Seq2SeqDiffusion, args: argpa
     if folder.exists():
         shutil.rmtree(folder)  # outputs of another checkpoint or other settings
     config = DecodeConfig(model_path=str(model_path), decode_respacing=cell.respacing(), sampler=cell.sampler,
-                          split=args.split,
-                          seeds=",".join(map(str, args.seed_list)), batch_size=args.batch_size, out_dir=str(folder),
+                          split=args.split, seeds=args.seeds, batch_size=args.batch_size, out_dir=str(folder),
                           data_dir=args.data_dir, max_examples=args.max_examples, dtype=args.dtype, evaluate=True)
     config.validate()
     run = run_decode(config, api)
     atomic_write_text(json.dumps(key, indent=2) + "\n", folder / "cell.json")
     (out_dir / "eval").mkdir(exist_ok=True)
     atomic_write_text(json.dumps(run.scores, indent=2) + "\n", out_dir / "eval" / f"{cell.name}.json")
-
-
-def samples_of(out_dir: Path, cell: Cell) -> Path:
-    """The ``<checkpoint folder>/<checkpoint>.samples`` folder of a cell's decode."""
-    return next((out_dir / "decode" / cell.name).glob("*/*.samples"))
 
 
 def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
@@ -209,7 +203,8 @@ def write_plots(rows: list[Row], out_dir: Path) -> list[Path]:
 
 def assemble(out_dir: Path, cells: list[Cell]) -> list[Row]:
     """Rows of every finished cell, with speedups against each model's full-step decode."""
-    rows = [load_row(cell.model, cell.decoding, samples_of(out_dir, cell), out_dir / "eval" / f"{cell.name}.json")
+    rows = [load_row(cell.model, cell.decoding, samples_of(out_dir / "decode" / cell.name),
+                     out_dir / "eval" / f"{cell.name}.json")
             for cell in cells if (out_dir / "eval" / f"{cell.name}.json").is_file()]
     add_speedups(rows)
     return rows
@@ -229,14 +224,11 @@ def main() -> int:
     parser.add_argument("--data_dir", default="", help="override the training data folder")
     parser.add_argument("--max_examples", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=250)
-    parser.add_argument("--dtype", default="fp32", choices=DTYPES, help="autocast dtype of the network")
+    parser.add_argument("--dtype", default="fp32", choices=PRECISIONS, help="autocast dtype of the network")
     parser.add_argument("--out_dir", default="reproduce_outputs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    args.seed_list = DecodeConfig(seeds=args.seeds).seed_list()
     samplers = parse_list(args.samplers, SAMPLERS, "--samplers")
     grids = parse_list(args.grids, GRIDS, "--grids")
     paths = parse_models(args)

@@ -13,8 +13,9 @@ from diffuseq.api import clean_text
 from diffuseq.data.vocab import WORD_SPECIALS, WordVocab
 from diffuseq.config import parse_train_args
 from diffuseq.data import encode_sources
-from diffuseq.decode import run_decode
-from diffuseq.samplers import sampler_from_config
+from diffuseq.decode_files import run_decode
+from diffuseq.errors import UserError
+from diffuseq.samplers import SamplerConfig, sampler_from_config
 from diffuseq.training.setup import train
 from helpers import ROOT, make_toy_dataset, run_script, tiny_args
 
@@ -30,11 +31,26 @@ def checkpoint(tmp_path_factory):
 def test_generate_one_text_per_source_and_per_seed(checkpoint):
     model = Seq2SeqDiffusion.from_checkpoint(checkpoint, device="cpu")
     sources = ["the cat sat on", "red house", "a big dog ran to the sea"]
-    texts = model.generate(sources, respacing="adp_10", seed=3)
+    one = model.generate(sources, respacing="adp_10", seeds=[3])
+    assert isinstance(one, Generation) and one.seeds == [3] and one.x0 == [[]]
+    texts = one.first
     assert isinstance(texts, list) and len(texts) == 3 and all(isinstance(t, str) for t in texts)
-    assert model.generate(sources, respacing="adp_10", seed=3, batch_size=1) == texts  # batching changes nothing
+    assert model.generate(sources, respacing="adp_10", seeds=[3], batch_size=1).first == texts  # batching: no change
     per_seed = model.generate(sources, respacing="adp_10", seeds=[3, 4])
-    assert len(per_seed) == 2 and per_seed[0] == texts
+    assert per_seed.seeds == [3, 4] and len(per_seed.texts) == 2 and per_seed.texts[0] == texts
+    # the settings as one object, or as its keywords over the model's schedule: the same decode
+    sampling = model.sampling(respacing="adp_10")
+    assert sampling == SamplerConfig(model.num_timesteps, model.config.noise_schedule, "adp_10")
+    assert model.generate(sources, sampling, seeds=[3]).first == texts
+    # the defaults are sample_seq2seq.py's: all T steps, seed 105
+    default = model.generate(sources[:1], return_x0=True)
+    assert default.seeds == [105] and len(default.x0[0]) == model.num_timesteps
+    with pytest.raises(TypeError, match="not both"):
+        model.generate(sources, sampling, respacing="10")
+    with pytest.raises(TypeError, match="seed"):
+        model.generate(sources, respacing="10", seed=3)
+    with pytest.raises(UserError, match="T = 2000"):
+        model.generate(sources, SamplerConfig(respacing="10"))
     result = model.generate(sources[:2], respacing="10", seeds=[3], return_x0=True)
     assert isinstance(result, Generation) and len(result.x0[0]) == 10
     assert result.x0[0][0].shape == (2, 16, 16)
@@ -48,11 +64,12 @@ def test_generate_one_text_per_source_and_per_seed(checkpoint):
 def test_generate_and_output_give_clean_text_and_raw_tokens_on_request(checkpoint, tmp_path):
     model = Seq2SeqDiffusion.from_checkpoint(checkpoint, device="cpu")
     sources = ["the cat sat on", "red house"]
-    raw = model.generate(sources, respacing="adp_10", seed=3, raw=True)
-    clean = model.generate(sources, respacing="adp_10", seed=3)
+    raw = model.generate(sources, respacing="adp_10", seeds=[3], raw=True).first
+    clean = model.generate(sources, respacing="adp_10", seeds=[3]).first
     assert clean == [clean_text(text, model.vocab) for text in raw]
     assert clean_text(" [CLS] a townand in [SEP] [PAD] [PAD]", model.vocab) == "a townand in"
-    assert clean_text("[START] a [UNK] b [END] [PAD]", WordVocab({t: i for i, t in enumerate([*WORD_SPECIALS, "a", "b"])})) == "a [UNK] b"
+    words = WordVocab({t: i for i, t in enumerate([*WORD_SPECIALS, "a", "b"])})
+    assert clean_text("[START] a [UNK] b [END] [PAD]", words) == "a [UNK] b"
     (tmp_path / "sources.txt").write_text("\n".join(sources) + "\n")
     args = ["--model_path", str(checkpoint), "--decode_respacing", "adp_10", "--input", str(tmp_path / "sources.txt"),
             "--seed2", "3"]
@@ -85,7 +102,7 @@ def test_plain_text_in_and_out(checkpoint, tmp_path):
     assert files == ["out.seed3.txt", "out.seed4.txt"]
     lines = (tmp_path / "out.seed3.txt").read_text().splitlines()
     model = Seq2SeqDiffusion.from_checkpoint(checkpoint, device="cpu")
-    assert lines == model.generate(["the cat sat on", "red house"], respacing="adp_10", seed=3)
+    assert lines == model.generate(["the cat sat on", "red house"], respacing="adp_10", seeds=[3]).first
     printed = run_script("sample_seq2seq.py", args + ["--seed2", "3"])
     assert printed.returncode == 0 and printed.stdout.splitlines() == lines
     # an --output that would overwrite the input, or a folder (two seeds would write beside it): refused
@@ -107,4 +124,5 @@ def test_the_readme_api_example_runs_as_written(checkpoint):
     namespace: dict = {}
     exec(compile(code.replace(path, str(checkpoint)), "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["texts"] and all(isinstance(t, str) for t in namespace["texts"])
+    assert len(namespace["steps"]) == 4
     assert len(namespace["per_seed"]) == 2

@@ -135,9 +135,15 @@ def test_a_diffuseq_folder_decodes(trained, tmp_path):
     (folder / "training_args.json").write_text(json.dumps(upstream))
     state = torch.load(folder / "ema_0.9999_000030.pt", weights_only=True)
     assert "position_ids" in state
-    result = _decode(folder / "ema_0.9999_000030.pt", tmp_path / "out", "--step", 100, "--decode_respacing",
-                     "adp_4", "--max_examples", 4)
+    flags = ("--step", 100, "--decode_respacing", "adp_4", "--max_examples", 4)
+    result = _decode(folder / "ema_0.9999_000030.pt", tmp_path / "out", *flags)
     assert result.returncode == 0, result.stderr
+    # the same weights decoded from this project's folder: the same file, the same text
+    assert _decode(trained / "ema_0.9999_000030.pt", tmp_path / "ours", *flags).returncode == 0
+    [theirs] = _samples(tmp_path / "out", folder / "ema_0.9999_000030.pt").glob("seed*.json")
+    [ours] = _samples(tmp_path / "ours", trained / "ema_0.9999_000030.pt").glob("seed*.json")
+    assert theirs.name == ours.name == _name(105, "adp_4", extra="_first4")
+    assert len(_lines(theirs)) == 4 and theirs.read_text() == ours.read_text()
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -14,7 +14,7 @@ from diffuseq.diffusion.schedules import get_named_beta_schedule
 from diffuseq.errors import UserError
 from diffuseq.model import EncoderConfig, TransformerNetModel, timestep_embedding
 from diffuseq.training.losses import diffuseq_losses
-from diffuseq.training.timesteps import LossAwareTimesteps, UniformTimesteps, create_timestep_sampler
+from diffuseq.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps, create_timestep_distribution
 
 
 @pytest.mark.parametrize("T", [10, 200, 2000])
@@ -177,7 +177,7 @@ def test_uniform_sampler_weights_are_one():
 
 
 def test_lossaware_sampler_warmup_and_weights():
-    sampler = create_timestep_sampler("lossaware", 4)
+    sampler = create_timestep_distribution("lossaware", 4)
     assert isinstance(sampler, LossAwareTimesteps)
     # not warmed up until every step has 10 losses: uniform
     sampler.record([0, 1, 2, 3] * 9, [1.0] * 36)
@@ -199,4 +199,4 @@ def test_lossaware_sampler_warmup_and_weights():
     restored.load_state_dict(sampler.state_dict())
     assert torch.equal(restored.weights(), sampler.weights())
     with pytest.raises(UserError, match="schedule_sampler"):
-        create_timestep_sampler("fancy", 4)
+        create_timestep_distribution("fancy", 4)

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+import torch
 from helpers import ROOT, make_toy_dataset, run_script, tiny_args
 
 
@@ -67,10 +68,20 @@ def test_a_repeated_ctrl_c_does_not_cut_the_save_or_the_exit(toy, tmp_path):
     output = (tmp_path / "log.txt").read_text()
     assert proc.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "interrupted" not in output, output[-3000:]
+    # the newest checkpoint in the folder is whole: every file it lists loads and has the recorded size, and
+    # nothing half-written is left beside it
+    [step] = {int(p.name[len("trainstate"):-len(".pt")]) for p in folder.glob("trainstate*.pt")}
+    state = torch.load(folder / f"trainstate{step:06d}.pt", weights_only=True)
+    assert state["step"] == step and sorted(state["files"]) == [f"ema_0.9999_{step:06d}.pt", f"model{step:06d}.pt",
+                                                                   f"opt{step:06d}.pt"]
+    for name, size in state["files"].items():
+        assert (folder / name).stat().st_size == size, name
+        torch.load(folder / name, weights_only=True)
+    assert sorted(p.name for p in folder.iterdir() if p.suffix in (".pt", ".tmp")) == sorted(
+        [*state["files"], f"trainstate{step:06d}.pt"])
+    # one hint, naming that checkpoint
     hints = [line for line in output.splitlines() if "continues it" in line]
-    assert len(hints) == 1, output[-3000:]
-    step = int(re.search(r"stopped at step (\d+)", hints[0]).group(1))
-    assert (folder / f"model{step:06d}.pt").is_file() and (folder / f"trainstate{step:06d}.pt").is_file()
+    assert len(hints) == 1 and f"stopped at step {step} " in hints[0], output[-3000:]
 
 
 FAKE_TORCHRUN = """\

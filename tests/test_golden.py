@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import write_pairs
 
-from diffuseq.config import parse_train_args
+from diffuseq.config import parse_decode_args, parse_train_args
 from diffuseq.data import encode_pairs
 from diffuseq.data.vocab import WordPieceVocab, WordVocab
 from diffuseq.data.vocab import decode_text
@@ -29,8 +29,8 @@ from diffuseq.model import EncoderConfig, TransformerNetModel
 from diffuseq.model import checkpoints as ckpt
 from diffuseq.training.loop import Trainer
 from diffuseq.training.losses import LossDraws, diffuseq_losses, distance_penalty_losses
-from diffuseq.training.penalty import DistancePenalty, noise_windows
-from diffuseq.training.timesteps import LossAwareTimesteps, create_timestep_sampler
+from diffuseq.diffusion.penalty import DistancePenalty, noise_windows
+from diffuseq.diffusion.timesteps import LossAwareTimesteps, create_timestep_distribution
 
 FIXTURES = Path(__file__).parent / "golden" / "fixtures"
 
@@ -117,7 +117,7 @@ def test_lossaware_weights_match_diffuseq():
         torch.testing.assert_close(sampler.weights(), expected, rtol=1e-12, atol=1e-15)
     assert sampler.warmed_up()
     for steps, expected in fixture["fixstep"].items():
-        fix = create_timestep_sampler("fixstep", int(steps))
+        fix = create_timestep_distribution("fixstep", int(steps))
         assert torch.equal(fix.weights(), expected)
         t, w = fix.sample(1000, generator=torch.Generator().manual_seed(0))
         assert int(t.max()) < len(expected)  # DiffuSeq's odd-T fixstep never draws the last step
@@ -196,12 +196,37 @@ def test_reverse_chain_matches_the_original_step_by_step(name, denoiser_fixture)
         assert torch.equal(model.get_logits(x0).argmax(-1), case["tokens"])
 
 
-def test_their_ddim_needs_eta_zero_for_diffuseq_and_steps_follow_bridge_gap():
-    # the fixtures hold DiffuSeq's DDIM (always eta 0) and Bridge-Gap's with eta 0.5: both replayed above
-    etas = {name: case["eta"] for name, case in CHAINS["cases"].items()}
-    assert etas["diffuseq_ddim_uniform20_T200_clamp"] == 0.0
-    assert etas["bridge_gap_ddim05_uniform10_T200_clamp"] == 0.5
-    assert etas["bridge_gap_ddpm_adp20_T2000_clamp"] == -1.0
+# The decoding flags that ask this project for each original decode: DiffuSeq's --step (S < T: its DDIM, which
+# has no eta, so 0), Bridge-Gap's --decode_respacing and --eta. (DiffuSeq's ddim25 ran without clamping, which
+# has no flag here: its sampler and steps are still these flags'.)
+ORIGINAL_DECODE_FLAGS = {
+    "diffuseq_ddpm_all_T30_clamp": ["--step", "30"],
+    "diffuseq_ddpm_uniform10_T200_clampstep4": ["--decode_respacing", "10", "--clamp_step", "4"],
+    "diffuseq_ddpm_uniform10_T200_clip": ["--decode_respacing", "10", "--clip_denoised", "True"],
+    "diffuseq_ddim_uniform20_T200_clamp": ["--step", "20"],
+    "diffuseq_ddim_ddim25_T200_noclamp": ["--decode_respacing", "ddim25", "--sampler", "ddim"],
+    "bridge_gap_ddpm_adp20_T2000_clamp": ["--decode_respacing", "adp_20"],
+    "bridge_gap_ddpm_adp10_T1000_clampstep3": ["--decode_respacing", "adp_10", "--clamp_step", "3"],
+    "bridge_gap_ddim0_adp20_T2000_clamp": ["--decode_respacing", "adp_20", "--eta", "0"],
+    "bridge_gap_ddim05_uniform10_T200_clamp": ["--decode_respacing", "[10]", "--eta", "0.5"],
+}
+
+
+def _sampler_from_flags(flags: list[str], num_timesteps: int):
+    """The reverse sampler that ``sample_seq2seq.py`` builds from ``flags`` for a model of ``num_timesteps``."""
+    config = parse_decode_args(["--model_path", "run/model000001.pt", *flags])
+    return create_sampler(config.sampling(num_timesteps, "sqrt"))
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_DECODE_FLAGS))
+def test_the_original_decode_flags_give_their_sampler_steps_and_eta(name):
+    case = CHAINS["cases"][name]
+    sampler = _sampler_from_flags(ORIGINAL_DECODE_FLAGS[name], case["num_timesteps"])
+    assert sampler.name == ("ddim" if case["eta"] >= 0 else "ddpm")
+    assert [int(s) for s in sampler.process.timestep_map] == case["timestep_map"]
+    assert (sampler.config.clamp_step, sampler.config.clip_denoised) == (case["clamp_step"], case["clip_denoised"])
+    if sampler.name == "ddim":
+        assert sampler.config.eta == case["eta"]
 
 
 def test_decoded_text_and_tokenisation_match_diffuseq(tmp_path):
@@ -310,7 +335,6 @@ def _golden_trainer(tmp_path: Path, settings: dict, bert_config: dict) -> Traine
         flags.update(simi_penalty=settings["simi_penalty"], simi_lambda=-2.0, simi_step=10, simi_noise=0.05)
     cfg = parse_train_args([item for key, value in flags.items() for item in (f"--{key}", str(value))])
     vocab = WordVocab.from_word_list(tmp_path / "words.txt")
-    cfg.vocab_size = vocab.size
     return Trainer(cfg, folder, vocab, torch.device("cpu"))
 
 

@@ -106,8 +106,8 @@ def test_a_skipped_step_leaves_the_lossaware_history_as_it_was(toy, tmp_path):
     trainer.model.train()
     assert trainer.train_step(trainer.model, with_nll=False) is not None
     before = {k: v.clone() for k, v in trainer.timestep_sampler.state_dict().items()}
-    real = trainer.loss_fn
-    trainer.loss_fn = lambda *a, **k: {**real(*a, **k), "loss": real(*a, **k)["loss"] * float("inf")}
+    real = trainer.losses
+    trainer.losses = lambda *a, **k: {**real(*a, **k), "loss": real(*a, **k)["loss"] * float("inf")}
     assert trainer.train_step(trainer.model, with_nll=False) is None
     after = trainer.timestep_sampler.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -248,8 +248,8 @@ def test_compile_trains_and_decodes_a_tiny_model(toy, tmp_path):
     eager = Seq2SeqDiffusion.from_checkpoint(plain / "model000004.pt", "cpu")
     fast = Seq2SeqDiffusion.from_checkpoint(plain / "model000004.pt", "cpu", compile=True)
     assert fast.network is not fast.model
-    x_eager = eager.generate(sources, respacing="4", seed=1, return_x0=True).x0[0]
-    x_fast = fast.generate(sources, respacing="4", seed=1, return_x0=True).x0[0]
+    x_eager = eager.generate(sources, respacing="4", seeds=[1], return_x0=True).x0[0]
+    x_fast = fast.generate(sources, respacing="4", seeds=[1], return_x0=True).x0[0]
     assert all(torch.allclose(p, q, atol=1e-4) for p, q in zip(x_eager, x_fast))
 
 
@@ -259,7 +259,7 @@ def test_fp16_decoding_runs_on_a_cpu_with_float32_distances(toy, tmp_path):
     train(parse_train_args(tiny_args(toy, tmp_path / "ck", learning_steps=4, save_interval=4, eval_interval=0)))
     model = Seq2SeqDiffusion.from_checkpoint(tmp_path / "ck" / "model000004.pt", "cpu", dtype="fp16")
     assert model.clamp.embeddings.dtype == torch.float32
-    texts = model.generate(["cat the sat"], respacing="4", seeds=[1, 2])
+    texts = model.generate(["cat the sat"], respacing="4", seeds=[1, 2]).texts
     assert len(texts) == 2 and all(len(t) == 1 for t in texts)
 
 

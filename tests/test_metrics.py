@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from diffuseq import metrics as M
+from diffuseq.metrics import adapters
 from diffuseq.errors import UserError
 
 X = (0.75 * (2 / 3) * 0.5 * (math.log(4) / 10)) ** 0.25  # BLEU("a b c d" | ref "a b c e"), by hand
@@ -215,6 +216,11 @@ def test_corpus_bleu_matches_sacrebleu():
     expected = [sacrebleu.corpus_bleu(h, [r]).score for h, r in zip(recs, refs)]
     assert M.corpus_bleu_many(recs, refs, workers=2) == pytest.approx(expected, abs=1e-9)
     assert M.corpus_bleu_sacrebleu(recs[0], refs[0]) == pytest.approx(expected[0], abs=1e-9)
+    others, other_refs = _toy(random.Random(9), 2, 20)  # a second call on the pool sees its own corpus only
+    assert M.corpus_bleu_many(others, other_refs, workers=2) == pytest.approx(
+        [sacrebleu.corpus_bleu(h, [r]).score for h, r in zip(others, other_refs)], abs=1e-9)
+    assert M.corpus_bleu_many(recs, refs, workers=1) == pytest.approx(expected, abs=1e-9)
+    assert adapters._WORKER_CORPUS is None  # the calling process keeps no corpus
 
 
 def test_bertscore_needs_package_or_model(tmp_path):

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffuseq.diffusion.penalty import (PENALTIES, NeighbourRule, NoiseWindowNeighbours, RandomNoiseWindowNeighbours,
+                                       StepNeighbours, TeacherBelow, check_penalty_settings, noise_windows,
+                                       penalty_class)
 from diffuseq.errors import UserError
-from diffuseq.training.penalty import NeighbourDraw, noise_windows
 
 
 def sqrt_alphas_cumprod(T: int) -> np.ndarray:
@@ -27,6 +29,11 @@ def linear_alphas_cumprod(T: int) -> np.ndarray:
 
 
 SCHEDULES = {"sqrt": sqrt_alphas_cumprod, "linear": linear_alphas_cumprod}
+
+
+def neighbours_of(variant: str, abar: np.ndarray, simi_step: int = 10, simi_noise: float = 0.05) -> NeighbourRule:
+    """The neighbour draw of penalty ``variant`` on the schedule ``abar``, as ``DistancePenalty.create`` builds it."""
+    return PENALTIES[variant].neighbour_rule(abar, simi_step, simi_noise)
 
 
 def brute_windows(abar: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +96,7 @@ def test_non_monotone_schedule_and_bad_noise_are_user_errors():
 def test_noise_neighbours(variant, schedule, T, noise):
     abar = SCHEDULES[schedule](T)
     lo, hi, down_ok, up_ok = sides(abar, noise)
-    neighbours = NeighbourDraw(variant, abar, simi_noise=noise)
+    neighbours = neighbours_of(variant, abar, simi_noise=noise)
     reps = 40
     t = torch.arange(T).repeat(reps)
     t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(1))
@@ -114,7 +121,7 @@ def test_noise_neighbours(variant, schedule, T, noise):
 def test_random_neighbours_cover_both_sides_uniformly():
     abar = sqrt_alphas_cumprod(2000)
     lo, hi = noise_windows(abar, 0.05)
-    neighbours = NeighbourDraw("l2_noise_random", abar, simi_noise=0.05)
+    neighbours = neighbours_of("l2_noise_random", abar, simi_noise=0.05)
     t = torch.full((60000,), 1000)
     t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(0))
     assert active.all()
@@ -131,7 +138,7 @@ def test_random_neighbours_cover_both_sides_uniformly():
 
 def test_kl_teacher_is_the_step_below():
     T, step = 100, 10
-    neighbours = NeighbourDraw("kl", sqrt_alphas_cumprod(T), simi_step=step)
+    neighbours = neighbours_of("kl", sqrt_alphas_cumprod(T), simi_step=step)
     t = torch.arange(T).repeat(3)
     t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(3))
     assert torch.equal(t_nb, (t - step).clamp(0, T - 1))
@@ -141,7 +148,7 @@ def test_kl_teacher_is_the_step_below():
 @pytest.mark.parametrize("variant", ["l2", "cosine"])
 def test_step_neighbours(variant):
     T, step = 100, 10
-    neighbours = NeighbourDraw(variant, sqrt_alphas_cumprod(T), simi_step=step)
+    neighbours = neighbours_of(variant, sqrt_alphas_cumprod(T), simi_step=step)
     t = torch.arange(T).repeat(20)
     t_nb, active = neighbours.draw(t, torch.Generator().manual_seed(3))
     expected_down, expected_up = (t - step).clamp(0, T - 1), (t + step).clamp(0, T - 1)
@@ -160,7 +167,7 @@ def test_step_neighbours(variant):
 
 @pytest.mark.parametrize("variant", ["l2", "l2_noise", "l2_noise_random"])
 def test_reproducible_and_shape_preserving(variant):
-    neighbours = NeighbourDraw(variant, sqrt_alphas_cumprod(500), simi_step=5, simi_noise=0.05)
+    neighbours = neighbours_of(variant, sqrt_alphas_cumprod(500), simi_step=5, simi_noise=0.05)
     t = torch.randint(0, 500, (8, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
     a, act_a = neighbours.draw(t, torch.Generator().manual_seed(7))
     b, act_b = neighbours.draw(t, torch.Generator().manual_seed(7))
@@ -171,12 +178,21 @@ def test_reproducible_and_shape_preserving(variant):
     assert empty.shape == (0,) and empty_active.shape == (0,)
 
 
+def test_each_penalty_names_its_rule():
+    assert {name: penalty.neighbour_rule for name, penalty in PENALTIES.items()} == {
+        "l2": StepNeighbours, "cosine": StepNeighbours, "kl": TeacherBelow, "l2_noise": NoiseWindowNeighbours,
+        "l2_noise_random": RandomNoiseWindowNeighbours}
+
+
 def test_bad_settings_are_user_errors():
-    abar = sqrt_alphas_cumprod(50)
     for variant in ("l1", "", "L2", "noise"):
         with pytest.raises(UserError, match="unknown"):
-            NeighbourDraw(variant, abar)
-    with pytest.raises(UserError, match="simi_step"):
-        NeighbourDraw("l2", abar, simi_step=0)
-    with pytest.raises(UserError, match="simi_noise"):
-        NeighbourDraw("l2_noise_random", abar, simi_noise=0.0)
+            penalty_class(variant)
+    for variant in ("l2", "cosine", "kl"):
+        for step in (0, 50):
+            with pytest.raises(UserError, match="simi_step"):
+                check_penalty_settings(variant, 0.0, step, 0.05, 50)
+    for variant in ("l2_noise", "l2_noise_random"):
+        for noise in (0.0, -1.0, float("inf"), float("nan")):
+            with pytest.raises(UserError, match="simi_noise"):
+                check_penalty_settings(variant, 0.0, 10, noise, 50)

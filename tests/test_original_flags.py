@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from helpers import WORDS, make_toy_dataset, tiny_args
 
-from diffuseq.config import parse_train_args
+from diffuseq.config import TrainConfig, parse_train_args
 from diffuseq.errors import UserError
 from diffuseq.model import checkpoints as ckpt
 from diffuseq.training.setup import train
@@ -27,6 +28,15 @@ def test_diffuseq_spellings_none_and_app(toy, tmp_path):
     cfg = parse_train_args(tiny_args(toy, tmp_path / "a") + ["--learn_sigma", "False", "--predict_xstart", "True",
                                                              "--rescale_timesteps", "true", "--use_kl", "False"])
     assert cfg.predict_xstart and not cfg.learn_sigma
+
+
+def test_use_fp16_reads_as_precision_fp16_in_a_frozen_config(toy, tmp_path):
+    cfg = parse_train_args(tiny_args(toy, tmp_path / "a") + ["--use_fp16"])
+    assert (cfg.use_fp16, cfg.precision) == (True, "fp16")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.precision = "fp32"
+    with pytest.raises(UserError, match="--use_fp16 .fp16. contradicts --precision bf16"):
+        parse_train_args(tiny_args(toy, tmp_path / "a", precision="bf16") + ["--use_fp16"])
 
 
 @pytest.mark.parametrize("flag,value,reason", [
@@ -74,6 +84,7 @@ def test_training_args_keep_diffuseqs_meaning(toy, tmp_path):
     args = json.loads((folder / "training_args.json").read_text())
     # a WordPiece vocabulary is DiffuSeq's "bert", read from the folder config_name names
     assert args["vocab"] == "bert" and args["vocab_source"] == "train"
+    assert TrainConfig.load(folder / "training_args.json").vocab == "train"  # the flag as given, read back
     assert args["config_name"] == str(folder.resolve())
     config = json.loads((folder / "config.json").read_text())
     assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == \

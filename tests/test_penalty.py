@@ -2,33 +2,58 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from helpers import HalfModel, make_toy_dataset, run_script, tiny_args
 
-from diffuseq.config import parse_train_args
+from diffuseq import Seq2SeqDiffusion
+from diffuseq.config import TrainConfig, parse_train_args
+from diffuseq.data import load_split
+from diffuseq.diffusion.penalty import PENALTIES, DistancePenalty, check_penalty_settings
 from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.errors import UserError
 from diffuseq.model import EncoderConfig, TransformerNetModel
 from diffuseq.training.losses import distance_penalty_losses, predict_pair
-from diffuseq.training.penalty import DistancePenalty
 from diffuseq.training.setup import train
 
 
 def test_bad_penalty_settings():
     diffusion = GaussianDiffusion.from_schedule("sqrt", 50)
-    with pytest.raises(UserError, match="must be negative"):
+    with pytest.raises(UserError, match="l2_noise_random penalty needs a weight <= 0"):
         DistancePenalty.create("l2_noise_random", 2.0, diffusion)
-    with pytest.raises(UserError, match="must be positive or zero for kl"):
+    with pytest.raises(UserError, match="kl penalty needs a weight >= 0"):
         DistancePenalty.create("kl", -2.0, diffusion)
-    with pytest.raises(UserError, match="must be below the model's T"):
+    with pytest.raises(UserError, match=r"--simi_step must be in 1\.\.49 \(below the model's T = 50\), got 50"):
         DistancePenalty.create("l2", -2.0, diffusion, simi_step=50)
-    with pytest.raises(UserError, match="unknown --simi_penalty"):
-        DistancePenalty.create("l3", -2.0, diffusion)
+    with pytest.raises(UserError, match="--simi_noise must be a finite number > 0"):
+        DistancePenalty.create("l2_noise", -2.0, diffusion, simi_noise=float("inf"))
+    with pytest.raises(UserError, match="--simi_lambda must be a finite number"):
+        DistancePenalty.create("cosine", float("nan"), diffusion)
+    for kind in ("l3", ""):
+        with pytest.raises(UserError, match="unknown --simi_penalty"):
+            DistancePenalty.create(kind, -2.0, diffusion)
+
+
+def test_registry_states_each_rule_once():
+    assert list(PENALTIES) == ["l2", "l2_noise", "l2_noise_random", "cosine", "kl"]
+    for name, penalty in PENALTIES.items():
+        assert penalty.name == name and issubclass(penalty, DistancePenalty)
+    # the flag's choices are the registry's names
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "simi_penalty")
+    assert tuple(field.metadata["choices"]) == ("", *PENALTIES)
+    # no penalty: only the weight must be finite; either sign of the weight for cosine
+    check_penalty_settings("", 5.0, 0, -1.0, 2)
+    for simi_lambda in (-1.0, 1.0):
+        check_penalty_settings("cosine", simi_lambda, 1, -1.0, 2)
+    with pytest.raises(UserError, match="finite"):
+        check_penalty_settings("", float("inf"), 10, 0.05, 50)
+    # the step rules ignore simi_noise, the noise rules simi_step
+    check_penalty_settings("l2", -2.0, 10, float("nan"), 50)
+    check_penalty_settings("l2_noise", -2.0, 0, 0.05, 50)
 
 
 @pytest.mark.parametrize("variant,simi_lambda", [("l2", -2.0), ("l2_noise", -2.0), ("l2_noise_random", -2.0),
@@ -114,10 +139,26 @@ def test_post_training_from_a_checkpoint_lowers_the_penalty(tmp_path):
         num_heads=4, intermediate_size=128, log_interval=50, eval_interval=0, simi_penalty="l2_noise_random",
         simi_lambda=-2, simi_noise=0.2, resume_checkpoint=base / "model000100.pt"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (post / "model000400.pt").is_file() and (post / "model000300.pt").is_file()
-    lines = [line for line in result.stderr.splitlines() if re.search(r"step \d+/\d+ \([\d.]+%\) \|", line)]
-    assert lines[0].split("step ")[1].startswith("150")  # the step count continues from 100
-    penalties = [float(re.search(r"penalty ([0-9.]+)", line).group(1)) for line in lines]
-    for term in ("mse ", "mse_nb ", "penalty "):
-        assert term in lines[0]
-    assert np.mean(penalties[-2:]) < 0.7 * penalties[0], penalties
+    # the step count continues from 100 with a fresh optimizer: 200 and 300 Adam steps at steps 300 and 400
+    for step, adam_steps in ((300, 200), (400, 300)):
+        state = torch.load(post / f"opt{step:06d}.pt", weights_only=True)["state"]
+        assert {int(s["step"]) for s in state.values()} == {adam_steps}, step
+    before, after = (_penalty_of(path, data) for path in (base / "model000100.pt", post / "model000400.pt"))
+    assert after < 0.7 * before, (before, after)
+    # the log of post-training names its terms
+    logged = next(line for line in result.stderr.splitlines() if "step 150/400 " in line)
+    assert all(term in logged for term in ("mse ", "mse_nb ", "penalty ")), logged
+
+
+def _penalty_of(checkpoint: Path, data: Path) -> float:
+    """A checkpoint's mean l2_noise_random penalty (weight -2, noise 0.2) over its training pairs, each with four
+    steps t: the same draws for every checkpoint."""
+    api = Seq2SeqDiffusion.from_checkpoint(checkpoint, "cpu")
+    diffusion = GaussianDiffusion.from_schedule(api.config.noise_schedule, api.num_timesteps)
+    penalty = DistancePenalty.create("l2_noise_random", -2.0, diffusion, simi_noise=0.2)
+    pairs = load_split(data, "train", api.vocab, api.config.seq_len, cache="none")
+    ids, mask = pairs.input_ids.repeat(4, 1), pairs.input_mask.repeat(4, 1)
+    torch.manual_seed(0)
+    t = torch.randint(0, api.num_timesteps, (len(ids),))
+    with torch.no_grad():
+        return float(distance_penalty_losses(api.model, diffusion, penalty, ids, mask, t)["penalty"].mean())

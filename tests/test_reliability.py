@@ -119,7 +119,7 @@ def test_nan_losses_are_skipped_counted_and_stop_the_run(toy, tmp_path):
     folder = tmp_path / "nan"
     cfg = parse_train_args(tiny_args(toy, folder, learning_steps=30, max_bad_steps=3, save_interval=5))
     trainer = setup_run(cfg, torch.device("cpu"))
-    real = trainer.loss_fn
+    real = trainer.losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -129,7 +129,7 @@ def test_nan_losses_are_skipped_counted_and_stop_the_run(toy, tmp_path):
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
-    trainer.loss_fn = poisoned
+    trainer.losses = poisoned
     trainer.model.train()
     for _ in range(2):
         assert trainer.train_step(trainer.model, with_nll=False) is not None
@@ -139,7 +139,7 @@ def test_nan_losses_are_skipped_counted_and_stop_the_run(toy, tmp_path):
     assert trainer.step == 2
 
     # a run whose loss is always NaN stops after --max_bad_steps in a row, keeping its last checkpoint
-    trainer.loss_fn = lambda *a, **k: {**real(*a, **k), "loss": real(*a, **k)["loss"] * float("nan")}
+    trainer.losses = lambda *a, **k: {**real(*a, **k), "loss": real(*a, **k)["loss"] * float("nan")}
     trainer.save()
     with pytest.raises(UserError, match="3 steps in a row"):
         trainer.run()

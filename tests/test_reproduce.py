@@ -67,7 +67,8 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     result = run_script("scripts/reproduce.py", args)
     assert result.returncode == 0, result.stderr[-2000:]
     table = (out / "results.md").read_text()
-    for cell in ("| base | ddpm | all | 100 |", "| base | ddpm | adp_10 | 10 |", "| post-trained | ddpm | uniform_4 | 4 |"):
+    for cell in ("| base | ddpm | all | 100 |", "| base | ddpm | adp_10 | 10 |",
+                 "| post-trained | ddpm | uniform_4 | 4 |"):
         assert cell in table
     assert (out / "bleu_vs_steps.png").stat().st_size > 1000 and (out / "bleu_vs_time.png").is_file()
     scores = json.loads((out / "eval" / "base__ddpm__adp_4.json").read_text())

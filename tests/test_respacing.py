@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffuseq.decode import check_step_flag
+from diffuseq.config.decoding import check_step_flag
 from diffuseq.samplers import NearestEmbedding
 from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.diffusion.respace import respaced_diffusion, space_timesteps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from torch import nn
 
 from diffuseq.samplers import NearestEmbedding, blocked_argmin
 from diffuseq.model import EncoderConfig, TransformerNetModel, attention_with_dropout
-from diffuseq.model.kernels import Linear, dropout, onednn_linear_available
+from diffuseq.model.kernels import Linear, PackedLinear, dropout, onednn_linear_available
 from diffuseq.training import cross_entropy as losses
 from diffuseq.training.cross_entropy import token_cross_entropy
 
@@ -72,15 +73,22 @@ def test_fused_cross_entropy_without_grad_and_backward_once():
         ce.sum().backward()
 
 
+def _reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """dropout(softmax(q k^T / sqrt(d))) v in plain torch, the dropout mask drawn here: kept where a uniform draw
+    (one per attention weight, in order) is at least p, the kept weights scaled by 1 / (1 - p)."""
+    probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+    keep = torch.rand(probs.shape) >= p
+    return torch.where(keep, probs / (1 - p), torch.zeros(())) @ v
+
+
 @pytest.mark.parametrize("p", [0.0, 0.1])
 def test_attention_with_dropout_matches_sdpa_and_its_formula(p):
     q, k, v = (torch.randn(2, 3, 6, 8, requires_grad=True) for _ in range(3))
     grad = torch.randn(2, 3, 6, 8)
     results = []
-    for attend in (lambda: dropout(torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5, -1), p, True) @ v,
-                   lambda: attention_with_dropout(q, k, v, p)):
-        torch.manual_seed(2)  # the same dropout draws
-        out = attend()
+    for attend in (_reference_attention, attention_with_dropout):
+        torch.manual_seed(2)  # the same uniform draws
+        out = attend(q, k, v, p)
         results.append([out.detach(), *torch.autograd.grad(out, (q, k, v), grad)])
     for got, expected in zip(results[1], results[0]):
         torch.testing.assert_close(got, expected)
@@ -130,6 +138,47 @@ def test_onednn_can_be_turned_off_from_the_environment():
                             env={**os.environ, "DIFFUSEQ_ONEDNN": flag}).stdout.strip() for flag in ("1", "0")]
     assert names[1] == "AddmmBackward0"
     assert names[0] == ("_OneDNNLinearBackward" if onednn_linear_available() else "AddmmBackward0")
+
+
+def test_packed_weights_are_reused_until_a_parameter_is_written():
+    torch.manual_seed(0)
+    layer, other = Linear(16, 8), Linear(16, 8)
+    x = torch.randn(4, 5, 16)
+
+    def packed_forward() -> torch.Tensor | None:
+        with torch.no_grad():
+            out = layer(x)
+        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias).detach(), rtol=1e-5, atol=1e-5)
+        return layer.packed.weight
+
+    first = packed_forward()
+    assert (first is not None) == onednn_linear_available()
+    assert packed_forward() is first  # unchanged parameters: the same pack
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    layer(x).square().sum().backward()
+    optimizer.step()  # writes the parameters in place: the next product repacks
+    second = packed_forward()
+    assert second is None or second is not first
+    layer.load_state_dict(other.state_dict())
+    assert packed_forward() is None or not torch.equal(layer.packed.weight.to_dense(), second.to_dense())
+    assert copy.deepcopy(layer).packed.weight is None and isinstance(copy.deepcopy(layer).packed, PackedLinear)
+
+
+def test_the_denoiser_repacks_after_a_training_step():
+    torch.manual_seed(0)
+    model = TransformerNetModel(40, 16, 16, 0.0, EncoderConfig(2, 32, 4, 64))
+    x, t = torch.randn(3, 10, 16), torch.tensor([5.0, 500.0, 900.0])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(2):
+        with torch.no_grad():
+            model.eval()(x, t)  # packs every projection
+        model.train()(x, t).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    fresh = TransformerNetModel(40, 16, 16, 0.0, EncoderConfig(2, 32, 4, 64))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x, t), fresh.eval()(x, t))
 
 
 def test_nearest_embedding_is_the_same_through_onednn_and_mm():

@@ -1,4 +1,4 @@
-"""The timestep samplers against a copy of their earlier, host-side implementation.
+"""The timestep distributions against a copy of their earlier, host-side implementation.
 
 ``update`` records a batch with tensor operations on the history's device and ``sample`` draws
 on the requested device; on a CPU both must give bitwise what the sequential, list-based code
@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffuseq.training import timesteps
-from diffuseq.training.timesteps import (FixStepTimesteps, LossAwareTimesteps, TimestepSampler, UniformTimesteps,
-                                         create_timestep_sampler)
+from diffuseq.diffusion import timesteps
+from diffuseq.diffusion.timesteps import (FixStepTimesteps, LossAwareTimesteps, TimestepDistribution,
+                                          UniformTimesteps, create_timestep_distribution)
 
 SPECIALS = [float("inf"), float("-inf"), -0.0, 0.0, 1e-40, 3.4e38]
 
@@ -25,7 +25,7 @@ SPECIALS = [float("inf"), float("-inf"), -0.0, 0.0, 1e-40, 3.4e38]
 # -- the earlier implementation, the oracle ------------------------------------------------------
 
 class OldSampler:
-    """The earlier ``TimestepSampler.sample``: multinomial on the CPU, then copied to ``device``."""
+    """The earlier ``TimestepDistribution.sample``: multinomial on the CPU, then copied to ``device``."""
 
     def __init__(self, weights: torch.Tensor) -> None:
         self._weights = weights
@@ -206,8 +206,8 @@ def test_weights_bitwise_as_before():
         assert same_bits(new.weights(), old.weights()), case
 
 
-def _pairs() -> list[tuple[TimestepSampler, OldSampler]]:
-    pairs: list[tuple[TimestepSampler, OldSampler]] = [
+def _pairs() -> list[tuple[TimestepDistribution, OldSampler]]:
+    pairs: list[tuple[TimestepDistribution, OldSampler]] = [
         (UniformTimesteps(50), OldSampler(torch.ones(50, dtype=torch.float64))),
         (FixStepTimesteps(100), old_fixstep(100)),
         (FixStepTimesteps(101), old_fixstep(101)),  # odd T: DiffuSeq never draws the last step
@@ -357,7 +357,7 @@ def test_the_guard_catches_host_reads():
 
 
 def test_update_and_sample_make_no_host_sync():
-    samplers = [create_timestep_sampler(name, 12) for name in ("uniform", "fixstep", "lossaware")]
+    samplers = [create_timestep_distribution(name, 12) for name in ("uniform", "fixstep", "lossaware")]
     gen = torch.Generator().manual_seed(5)
     t_batches = [torch.randint(0, 12, (40,), generator=gen) for _ in range(6)]
     loss_batches = [torch.rand(40, generator=gen) for _ in range(6)]
@@ -377,7 +377,7 @@ def test_update_and_sample_make_no_host_sync():
 def test_everything_stays_on_the_given_device():
     """On the meta device a tensor has no values: any read-back or stray CPU tensor fails."""
     for name in ("uniform", "fixstep", "lossaware"):
-        sampler = create_timestep_sampler(name, 12)
+        sampler = create_timestep_distribution(name, 12)
         for _ in range(3):
             t, weights = sampler.sample(8, "meta")
             assert t.device.type == "meta" and t.dtype == torch.long

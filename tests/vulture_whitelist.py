@@ -5,13 +5,13 @@ coefficient tables looked up by name, and nn.Module.forward methods.
 """
 # ruff: noqa
 _.forward  # bench/compare_original.py:152
-top_k  # diffuseq/config/decode.py:51
-top_l  # diffuseq/config/decode.py:52
-tau  # diffuseq/config/decode.py:53
-noised_l  # diffuseq/config/decode.py:54
-scale_end  # diffuseq/config/decode.py:55
-clamp_skip  # diffuseq/config/decode.py:56
-p_d  # diffuseq/config/decode.py:57
+top_k  # diffuseq/config/decoding.py:64
+top_l  # diffuseq/config/decoding.py:65
+tau  # diffuseq/config/decoding.py:66
+noised_l  # diffuseq/config/decoding.py:67
+scale_end  # diffuseq/config/decoding.py:68
+clamp_skip  # diffuseq/config/decoding.py:69
+p_d  # diffuseq/config/decoding.py:70
 timestep_respacing  # diffuseq/config/train.py:97
 learn_sigma  # diffuseq/config/train.py:98
 predict_xstart  # diffuseq/config/train.py:99
@@ -39,4 +39,10 @@ _.forward  # diffuseq/model/encoder.py:141
 _.forward  # diffuseq/model/encoder.py:152
 _.forward  # diffuseq/model/encoder.py:164
 _.forward  # diffuseq/training/cross_entropy.py:48
-warmed_up  # diffuseq/training/timesteps.py: read by tests (a host read, not for the training step)
+warmed_up  # diffuseq/diffusion/timesteps.py: read by tests (a host read, not for the training step)
+L2NoisePenalty  # diffuseq/diffusion/penalty.py: registered in PENALTIES by @register
+L2NoiseRandomPenalty  # diffuseq/diffusion/penalty.py: registered in PENALTIES by @register
+CosinePenalty  # diffuseq/diffusion/penalty.py: registered in PENALTIES by @register
+KLPenalty  # diffuseq/diffusion/penalty.py: registered in PENALTIES by @register
+__getattr__  # diffuseq/__init__.py: PEP 562 lazy names (Seq2SeqDiffusion, ...)
+__dir__  # diffuseq/__init__.py: PEP 562

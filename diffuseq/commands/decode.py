@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import dist_util
 from ..api import Seq2SeqDiffusion
 from ..config import DecodeConfig, parse_decode_args
-from ..decode import check_step_flag, run_decode
+from ..decode_files import run_decode
 from ..errors import UserError, run_cli
 from ..fileio import atomic_write_text
 from ..report import format_scores
@@ -34,7 +34,7 @@ def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
         raise UserError(f"--input {config.input}: cannot read it as UTF-8 text ({err})") from None
     if not sources:
         raise UserError(f"--input {config.input} holds no lines")
-    respacing, eta = check_step_flag(config.step, api.num_timesteps, config.decode_respacing, config.eta)
+    sampling = config.sampling(api.num_timesteps, api.config.noise_schedule)
     seeds = config.seed_list()
     outputs = {seed: output_path(config.output, seed, len(seeds)) for seed in seeds} if config.output else {}
     if config.output and Path(config.output).is_dir():
@@ -44,11 +44,8 @@ def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
             raise UserError(f"--output {out} is the --input file; give another file name")
         if list(out.parent.glob("*.meta.json")):
             raise UserError(f"--output {out}: {out.parent} holds a decode's files; write somewhere else")
-    texts = api.generate(sources, respacing, seeds=seeds, batch_size=config.batch_size, eta=eta,
-                         clamp_step=config.clamp_step, top_p=config.top_p, clip_denoised=config.clip_denoised,
-                         sigma_small=config.sigma_small, sampler=config.sampler or ("ddim" if eta >= 0 else ""),
-                         raw=config.raw_tokens)
-    for seed, lines in zip(seeds, texts):
+    generation = api.generate(sources, sampling, seeds=seeds, batch_size=config.batch_size, raw=config.raw_tokens)
+    for seed, lines in zip(generation.seeds, generation.texts):
         text = "".join(line + "\n" for line in lines)
         if not config.output:
             sys.stdout.write(text)

@@ -27,7 +27,7 @@ from ..config.cli import CliArgumentParser
 from ..errors import UserError, run_cli
 from ..fileio import atomic_write_text
 from ..metrics import SpecialTokens, check_bertscore
-from ..metrics.files import find_decode_folders, find_files, score_files
+from ..outputs import META_SUFFIX, find_decode_folders, find_files, score_files
 from ..report import format_scores
 
 logger = logging.getLogger("eval_seq2seq")
@@ -67,14 +67,15 @@ def evaluate_folder(folder: Path, args: argparse.Namespace, special: SpecialToke
     """Score the seed files of one decode folder, print its table, and write ``--json`` / ``--mbr_out``."""
     t0 = time.perf_counter()
     files = find_files(str(folder), args.pattern)
-    decode_files = {Path(f).resolve() for f in files} | {p.resolve() for p in folder.rglob("*.meta.json")}
+    decode_files = {Path(f).resolve() for f in files} | {p.resolve() for p in folder.rglob(f"*{META_SUFFIX}")}
     for flag, out_path in (("--json", args.json), ("--mbr_out", args.mbr_out)):
         if out_path and Path(out_path).resolve() in decode_files:
             raise UserError(f"{flag} {out_path} is one of the decode's own files; give another file name")
-    result = score_files(files, special, mbr=args.mbr, corpus_bleu=not args.no_corpus_bleu, len_mode=args.len_mode,
+    result = score_files(files, allow_mixed=args.allow_mixed, special=special, mbr=args.mbr,
+                         corpus_bleu=not args.no_corpus_bleu, len_mode=args.len_mode,
                          bertscore_model=args.bertscore_model, bertscore_num_layers=args.bertscore_num_layers,
                          bertscore_batch_size=args.bertscore_batch_size, workers=args.workers,
-                         progress=False if args.no_progress else None, allow_mixed=args.allow_mixed)
+                         progress=False if args.no_progress else None)
     for note in result.notes:
         print(f"note: {note}")
     print(f"folder: {folder}  ({len(result.outputs)} file(s) matching {args.pattern!r})")

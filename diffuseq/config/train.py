@@ -19,19 +19,22 @@ from typing import Any, Sequence
 from ..diffusion.schedules import NOISE_SCHEDULES
 from .cli import build_parser, expand_app, option, take_local_rank
 from ..errors import UserError
+from ..runtime import PRECISIONS
 from ..data.pairs import MAX_SEQ_LEN, MIN_SEQ_LEN
 from ..model import EncoderConfig
-from ..training.penalty import PENALTIES
-from ..training.timesteps import TIMESTEP_SAMPLERS
-
-PRECISIONS = ("fp32", "bf16", "fp16")
+from ..diffusion.penalty import PENALTIES, check_penalty_settings
+from ..diffusion.timesteps import TIMESTEP_DISTRIBUTIONS, check_timestep_distribution
 
 BERT_BASE_NAMES = ("bert-base-uncased", "bert-base-cased", "bert-base")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every training argument; serialised to ``training_args.json`` in the checkpoint folder."""
+    """Every training argument; serialised to ``training_args.json`` in the checkpoint folder.
+
+    Frozen: ``parse_train_args`` builds it once; a run's settings are new configs made from it
+    (``dataclasses.replace``).
+    """
 
     # data and vocabulary
     dataset: str = option("", "dataset name (used in the default checkpoint folder name)")
@@ -39,7 +42,8 @@ class TrainConfig:
     vocab: str = option("bert", "'bert' (bert-base-uncased from the local HF cache), 'train' (build a WordPiece "
                               "vocabulary from the training split) or a path to a vocab file / tokenizer folder. "
                               "training_args.json keeps DiffuSeq's meaning: 'bert' for any WordPiece vocabulary "
-                              "(read from the folder named by config_name), else the word-list path")
+                              "(read from the folder named by config_name), else the word-list path; the flag "
+                              "itself is saved as vocab_source")
     vocab_size: int = option(8000, "size of the vocabulary built by --vocab train (the actual size is saved)")
     seq_len: int = option(128, "length of src [SEP] trg sequences, padding included")
     data_cache: str = option("", "folder of the tokenized data cache (each split tokenized once, then memory-mapped "
@@ -50,7 +54,7 @@ class TrainConfig:
     noise_schedule: str = option("sqrt", "noise schedule", choices=NOISE_SCHEDULES)
     schedule_sampler: str = option("lossaware", "timestep sampling: uniform, lossaware (importance sampling by the "
                                               "loss), fixstep (DiffuSeq's: later half at half weight)",
-                                 choices=TIMESTEP_SAMPLERS)
+                                 choices=TIMESTEP_DISTRIBUTIONS)
     # model
     hidden_dim: int = option(128, "word embedding size (the space diffusion runs in)")
     hidden_t_dim: int = option(128, "sinusoidal timestep embedding size")
@@ -105,7 +109,6 @@ class TrainConfig:
     use_plm_init: str = option("no", "'bert': start the word embeddings, position embeddings and encoder from BERT "
                                    "weights (the folder named by --config_name, or bert-base-uncased in the local "
                                    "Hugging Face cache)", choices=("no", "bert"))
-    vocab_source: str = ""  # the --vocab flag the folder's vocabulary came from ("vocab" keeps DiffuSeq's meaning)
     # DiffuSeq / Bridge-Gap settings that this project supports at one value only (see FIXED_SETTINGS)
     timestep_respacing: str = option("", "fixed: training uses all T steps (respacing is a decoding option)")
     learn_sigma: bool = option(False, "fixed: False")
@@ -130,20 +133,14 @@ class TrainConfig:
         for name, (value, why) in FIXED_SETTINGS.items():
             if getattr(self, name) != value:
                 raise UserError(f"--{name} {getattr(self, name)} is not supported: {why}")
-        if self.use_fp16:
-            if self.precision not in ("fp32", "fp16"):
-                raise UserError(f"--use_fp16 (fp16) contradicts --precision {self.precision}")
-            self.precision = "fp16"
-        if self.resume_checkpoint.lower() == "none":
-            self.resume_checkpoint = ""
+        if self.use_fp16 and self.precision not in ("fp32", "fp16"):
+            raise UserError(f"--use_fp16 (fp16) contradicts --precision {self.precision}")
         if self.diffusion_steps < 2:
             raise UserError(f"--diff_steps must be at least 2, got {self.diffusion_steps}")
         if self.noise_schedule not in NOISE_SCHEDULES:
             raise UserError(f"unknown --noise_schedule {self.noise_schedule!r}; choose one of "
                             f"{', '.join(NOISE_SCHEDULES)}")
-        if self.schedule_sampler not in TIMESTEP_SAMPLERS:
-            raise UserError(f"unknown --schedule_sampler {self.schedule_sampler!r}; choose one of "
-                            f"{', '.join(TIMESTEP_SAMPLERS)}")
+        check_timestep_distribution(self.schedule_sampler)
         for name in ("batch_size", "learning_steps", "save_interval", "log_interval", "hidden_dim", "hidden_t_dim",
                      "seq_len", "vocab_size", "max_bad_steps"):
             if getattr(self, name) < 1:
@@ -160,23 +157,19 @@ class TrainConfig:
             raise UserError(f"--seq_len must be in {MIN_SEQ_LEN}..{MAX_SEQ_LEN} (one token of source and of target "
                             f"with their start/end tokens and the [SEP], at most the encoder's positions), "
                             f"got {self.seq_len}")
-        if self.simi_penalty.startswith("l2_noise") and not 0 < self.simi_noise < float("inf"):
-            raise UserError(f"--simi_noise must be a finite number > 0, got {self.simi_noise}")
-        if not math.isfinite(self.simi_lambda):
-            raise UserError(f"--simi_lambda must be a finite number, got {self.simi_lambda}")
-        if self.simi_penalty in ("l2", "cosine", "kl") and not 1 <= self.simi_step < self.diffusion_steps:
-            raise UserError(f"--simi_step must be in 1..{self.diffusion_steps - 1} (below the model's T = "
-                            f"{self.diffusion_steps}), got {self.simi_step}")
+        check_penalty_settings(self.simi_penalty, self.simi_lambda, self.simi_step, self.simi_noise,
+                               self.diffusion_steps)
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.simi_penalty.startswith("l2") and self.simi_lambda > 0:
-            raise UserError(f"--simi_lambda {self.simi_lambda}: the {self.simi_penalty} penalty needs a weight <= 0 "
-                            f"(it adds -simi_lambda * distance; the paper uses -2), as in Bridge-Gap")
-        if self.simi_penalty == "kl" and self.simi_lambda < 0:
-            raise UserError(f"--simi_lambda {self.simi_lambda}: the kl penalty needs a weight >= 0 (it adds "
-                            f"simi_lambda * KL), as in Bridge-Gap")
         self.ema_rates()
         self.encoder_config()
+
+    def normalised(self) -> "TrainConfig":
+        """DiffuSeq's spellings in this project's terms (after ``validate``): ``--use_fp16`` as ``--precision fp16``,
+        ``--resume_checkpoint none`` as ''."""
+        return dataclasses.replace(self, precision="fp16" if self.use_fp16 else self.precision,
+                                   resume_checkpoint="" if self.resume_checkpoint.lower() == "none"
+                                   else self.resume_checkpoint)
 
     def resolved_lr_schedule(self) -> str:
         """``--lr_schedule``, or its default: constant for post-training with a penalty (Bridge-Gap), else linear."""
@@ -229,14 +222,30 @@ class TrainConfig:
         """The settings saved in ``training_args.json``."""
         return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
-    def to_json(self) -> str:
-        return json.dumps({name: getattr(self, name) for name in self.field_names()}, indent=2) + "\n"
+    def to_json(self, wordpiece: bool) -> str:
+        """The text of ``training_args.json``, in DiffuSeq's meaning of each key.
+
+        ``vocab`` is ``bert`` for a ``wordpiece`` vocabulary (DiffuSeq reads it from ``config_name``'s
+        folder), else the word-list path; the ``--vocab`` flag itself goes to ``vocab_source`` (after
+        ``use_plm_init``, where it has always been written). ``from_dict`` reads it back.
+        """
+        values: dict[str, Any] = {}
+        for name in self.field_names():
+            values[name] = "bert" if name == "vocab" and wordpiece else getattr(self, name)
+            if name == "use_plm_init":
+                values["vocab_source"] = self.vocab
+        return json.dumps(values, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """A config from a ``training_args.json`` dict (ours or DiffuSeq's); unknown keys are ignored."""
+        """A config from a ``training_args.json`` dict (ours or DiffuSeq's); unknown keys are ignored.
+
+        ``vocab`` is the ``--vocab`` flag: our files' ``vocab_source``, else (DiffuSeq's) ``vocab``.
+        """
         known = set(cls.field_names())
         values = dict(values)
+        if values.get("vocab_source"):
+            values["vocab"] = values["vocab_source"]
         if "diff_steps" in values and "diffusion_steps" not in values:
             values["diffusion_steps"] = values["diff_steps"]
         if "bsz" in values and "batch_size" not in values:
@@ -296,7 +305,6 @@ def parse_train_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser = build_parser(TrainConfig, "Train (or post-train) a DiffuSeq diffusion model.")
     parser.epilog = LOG_TERMS_HELP
     given = vars(parser.parse_args(take_local_rank(expand_app(argv if argv is not None else sys.argv[1:]))))
-    cfg = TrainConfig.from_dict(given)
-    cfg.given = frozenset(given)
+    cfg = dataclasses.replace(TrainConfig.from_dict(given), given=frozenset(given))
     cfg.validate()
-    return cfg
+    return cfg.normalised()

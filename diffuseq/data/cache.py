@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import dist_util
 from ..errors import UserError
-from ..fileio import atomic_write_text, current_umask
+from ..fileio import atomic_write_text, current_umask, sha256_file
 from .pairs import RowFile, Seq2SeqData, Truncation, check_seq_len, iter_pair_batches
 from .vocab import Vocabulary, WordPieceVocab, WordVocab
 
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BATCH_PAIRS = 50_000  # pairs tokenized and written at a time: the build's memory does not grow with N
-HASH_CHUNK = 8 << 20
 DEFAULT_FOLDER = ".diffuseq_cache"
 _SENTINEL = "\x00"  # joins the texts of a batch for one split(): not whitespace, so it stays a word
 _said: set[tuple[str, str]] = set()  # (message kind, folder): fallback lines are logged once per process
@@ -59,16 +58,6 @@ _digests: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mti
 
 
 # ------------------------------------------------------------------------------------------- keys
-
-
-def sha256_file(path: Path, offset: int = 0) -> str:
-    """SHA-256 of a file's bytes from ``offset``, read in 8 MB chunks (never mapped: no resident pages)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        for block in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_identity(path: Path) -> dict[str, Any]:

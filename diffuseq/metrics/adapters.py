@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..errors import UserError
 from .evaluate import default_workers
@@ -20,12 +20,23 @@ def corpus_bleu_sacrebleu(hypotheses: Sequence[str], references: Sequence[str]) 
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
 
 
-_CORPUS_STATE: Optional[tuple[list, list[list[str]], list[int]]] = None
+_WORKER_CORPUS: Optional[tuple[list, list[list[str]], list[int]]] = None  # in a pool worker only: see _start_worker
 
 
-def _corpus_bleu_task(f: int) -> float:
-    scorers, hyps, group = _CORPUS_STATE  # type: ignore[misc]
-    return float(scorers[group[f]].corpus_score(hyps[f], None).score)
+def _start_worker(scorers: list, hyps: list[list[str]], group: list[int]) -> None:
+    """Pool initializer of :func:`corpus_bleu_many`: the worker keeps its call's scorers and hypotheses (inherited
+    through fork, not pickled). Set in the pool's worker processes only, which end with the call."""
+    global _WORKER_CORPUS
+    _WORKER_CORPUS = (scorers, hyps, group)
+
+
+def _worker_task(f: int) -> float:
+    scorers, hyps, group = _WORKER_CORPUS  # type: ignore[misc]
+    return _corpus_score(scorers[group[f]], hyps[f])
+
+
+def _corpus_score(scorer: Any, hyps: list[str]) -> float:
+    return float(scorer.corpus_score(hyps, None).score)
 
 
 def corpus_bleu_many(hypotheses: Sequence[Sequence[str]], references: Sequence[Sequence[str]],
@@ -35,7 +46,6 @@ def corpus_bleu_many(hypotheses: Sequence[Sequence[str]], references: Sequence[S
     Equal reference lists are tokenized once (sacrebleu's cached references) and the lists are
     scored on a fork pool; each value equals :func:`corpus_bleu_sacrebleu`.
     """
-    global _CORPUS_STATE
     try:
         from sacrebleu.metrics import BLEU
     except ImportError as err:  # pragma: no cover - sacrebleu is a requirement
@@ -45,14 +55,11 @@ def corpus_bleu_many(hypotheses: Sequence[Sequence[str]], references: Sequence[S
     scorers = [BLEU(references=[list(refs)]) for refs in keys]
     hyps = [list(h) for h in hypotheses]
     workers = default_workers() if workers is None else max(1, workers)
-    _CORPUS_STATE = (scorers, hyps, group)
-    try:
-        if workers > 1 and len(hyps) > 1 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(min(workers, len(hyps))) as pool:
-                return pool.map(_corpus_bleu_task, range(len(hyps)), chunksize=1)
-        return [_corpus_bleu_task(f) for f in range(len(hyps))]
-    finally:
-        _CORPUS_STATE = None
+    if workers > 1 and len(hyps) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(min(workers, len(hyps)), initializer=_start_worker,
+                                                      initargs=(scorers, hyps, group)) as pool:
+            return pool.map(_worker_task, range(len(hyps)), chunksize=1)
+    return [_corpus_score(scorers[group[f]], hyps[f]) for f in range(len(hyps))]
 
 
 def check_bertscore(model_path: str) -> None:

@@ -1,10 +1,9 @@
-"""Scoring decode files as DiffuSeq's ``eval_seq2seq.py`` does, as a function: read and clean each seed
-file, check they hold the same inputs (and come from one decode), then per-file metrics, diversity or
-MBR, corpus BLEU and BERTScore when asked."""
+"""Scoring output files as DiffuSeq's ``eval_seq2seq.py`` does, as a function: read and clean each seed
+file, check they hold the same inputs, then per-file metrics, diversity or MBR, corpus BLEU and BERTScore
+when asked. (That the files come from one decode is checked a layer above, by :mod:`diffuseq.outputs`.)"""
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,7 +14,6 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import read_jsonl
-from ..outputs import META_SUFFIX, check_outputs, read_meta
 from .adapters import bertscore_f1, corpus_bleu_many
 from .clean import SpecialTokens, clean_recover, clean_reference, clean_source, diffuseq_length
 from .evaluate import evaluate
@@ -44,47 +42,6 @@ class FileScores:
     outputs: list[Outputs]
     mbr_texts: Optional[list[str]] = None
     notes: list[str] = field(default_factory=list)
-
-
-def _matching(folder: str | Path, pattern: str) -> list[str]:
-    """The sorted regular files in ``folder`` matching ``pattern``, less the decoder's ``*.meta.json`` and
-    ``*.eval.json``."""
-    return sorted(p for p in glob.glob(os.path.join(glob.escape(str(folder)), pattern))
-                  if os.path.isfile(p) and not p.endswith((META_SUFFIX, ".eval.json")))
-
-
-def find_files(folder: str, pattern: str) -> list[str]:
-    """The sorted regular files in ``folder`` matching ``pattern``; a ``UserError`` when there are none.
-
-    What the decoder writes beside the outputs (``*.meta.json``, ``*.eval.json``) is skipped.
-    """
-    if not os.path.isdir(folder):
-        raise UserError(f"--folder {folder}: no such folder")
-    files = _matching(folder, pattern)
-    if not files:
-        raise UserError(f"no files matching {pattern!r} in {folder}")
-    return files
-
-
-def find_decode_folders(root: str, pattern: str) -> list[Path]:
-    """The folders to evaluate for ``--folder root``: ``root`` itself when it holds files matching ``pattern``,
-    else the decode folders below it that do (``*.samples`` folders, or any holding a ``decode_*.meta.json``:
-    an output root such as ``generation_outputs`` holds its decodes two folders down). A ``UserError`` naming
-    the layout when there are none."""
-    if not os.path.isdir(root):
-        raise UserError(f"--folder {root}: no such folder")
-    if _matching(root, pattern):
-        return [Path(root)]
-    below = sorted({p for p in Path(root).rglob("*.samples") if p.is_dir()}
-                   | {p.parent for p in Path(root).rglob(f"decode_*{META_SUFFIX}") if p.is_file()})
-    found = [folder for folder in below if _matching(folder, pattern)]
-    if not found:
-        empty = f"; the {len(below)} decode folder(s) below it hold none either" if below else ""
-        raise UserError(f"no files matching {pattern!r} in {root}, nor in a decode folder below it (a *.samples "
-                        f"folder, or one holding a decode_*{META_SUFFIX}){empty}; sample_seq2seq.py writes a decode "
-                        f"to <out_dir>/<checkpoint folder>/<checkpoint file>.samples/: pass that folder or its "
-                        f"--out_dir")
-    return found
 
 
 def read_outputs(path: str, special: SpecialTokens) -> Outputs:
@@ -125,35 +82,12 @@ def check_aligned(outputs: list[Outputs]) -> None:
                            out.path, len(diff), first.path, diff[0] + 1)
 
 
-def truncation_note(meta: dict[str, Any] | None) -> str | None:
-    """A note when the decode a meta file describes cut pairs longer than ``--seq_len`` (None otherwise)."""
-    settings = (meta or {}).get("settings") or {}
-    cut = ((meta or {}).get("data") or {}).get("truncation")
-    if not isinstance(cut, dict) or not cut.get("truncated"):
-        return None
-    split = f"{settings['split']} " if settings.get("split") else ""
-    return (f"{cut['truncated']} of {cut['pairs']} {split}pairs were cut to --seq_len {cut['seq_len']} when "
-            f"decoded (the longer side first, as DiffuSeq does), so BLEU is scored against the cut references "
-            f"(longest pair {cut['longest']} tokens; --seq_len {cut['seq_len_99']} holds 99% of the pairs)")
-
-
-def score_files(files: Sequence[str | Path], special: SpecialTokens = SpecialTokens(), mbr: bool = False,
-                corpus_bleu: bool = True, len_mode: str = "tokens", bertscore_model: str | None = None,
-                bertscore_num_layers: int | None = None, bertscore_batch_size: int = 64, workers: int | None = None,
-                progress: bool | None = False, allow_mixed: bool = False) -> FileScores:
-    """Score the seed files of one decode (see the module docstring); refuses files of different decodes
-    unless ``allow_mixed``."""
-    groups = check_outputs([Path(f) for f in files], allow_mixed=allow_mixed)
+def score_output_files(files: Sequence[str | Path], special: SpecialTokens = SpecialTokens(), mbr: bool = False,
+                       corpus_bleu: bool = True, len_mode: str = "tokens", bertscore_model: str | None = None,
+                       bertscore_num_layers: int | None = None, bertscore_batch_size: int = 64,
+                       workers: int | None = None, progress: bool | None = False) -> FileScores:
+    """Score output files over the same inputs, one per seed (see the module docstring)."""
     notes = []
-    if len(groups) > 1:
-        logger.warning("scoring files of %d different decodes together (--allow_mixed)", len(groups))
-    elif "" in groups:
-        notes.append("no decode meta file describes these files (DiffuSeq's outputs have none): nothing checks "
-                     "that they come from one checkpoint and settings")
-    for meta_name, group in groups.items():
-        note = truncation_note(read_meta(group[0].parent / meta_name)) if meta_name else None
-        if note:
-            notes.append(note)
     outputs = [read_outputs(str(path), special) for path in files]
     check_aligned(outputs)
     if mbr and len(outputs) < 2:

@@ -16,7 +16,6 @@ arbitrary unpickling is refused.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -25,12 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig
-from ..data.vocab import Vocabulary, load_vocab_from
 from ..errors import UserError
 from ..fileio import atomic_write, atomic_write_text  # noqa: F401 (atomic_write_text: part of this module's API)
-from .denoiser import TransformerNetModel
-from .encoder import EncoderConfig
+from ..fileio import sha256_file
 
 _STEP_RE = re.compile(r"^(?:model|opt|trainstate|ema_[0-9.]+_)(\d{6,})\.pt$")
 
@@ -101,12 +97,8 @@ def safe_load(path: str | Path) -> Any:
 def file_identity(path: str | Path) -> dict[str, Any]:
     """Which file this is: absolute path, size, modification time and SHA-256 of the content."""
     path = Path(path).resolve()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
     stat = path.stat()
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256_file(path)}
 
 
 def complete_steps(folder: Path) -> list[int]:
@@ -142,13 +134,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return Path(folder) / model_name(steps[0]) if steps else None
 
 
-# -- building and loading the denoiser --------------------------------------------------------------
-
-
-def create_model(cfg: TrainConfig, vocab_size: int, encoder: EncoderConfig | None = None) -> TransformerNetModel:
-    """The denoiser described by ``cfg`` (with ``encoder``, else ``cfg``'s encoder size)."""
-    return TransformerNetModel(vocab_size, hidden_dim=cfg.hidden_dim, hidden_t_dim=cfg.hidden_t_dim,
-                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config(), self_cond=cfg.self_cond)
+# -- loading weights into a model ----------------------------------------------------------------
 
 
 def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -171,31 +157,3 @@ def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source:
             hint = " (vocabulary size or --hidden_dim differ)"
         raise UserError(f"{source} does not fit this model{hint}: {wrong[0]}")
     model.load_state_dict(state, strict=False)
-
-
-def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig, Vocabulary, nn.Module]:
-    """The training config, vocabulary and model of a checkpoint file (ours or DiffuSeq's)."""
-    parse_step(model_path)
-    if not model_path.is_file():
-        raise UserError(f"--model_path {model_path} does not exist")
-    folder = model_path.parent
-    cfg = TrainConfig.load(folder / "training_args.json")
-    if any((folder / name).is_file() for name in ("vocab.txt", "vocab.json")):
-        vocab = load_vocab_from(folder)
-    elif cfg.vocab not in ("bert", "train") and Path(cfg.vocab).exists():
-        vocab = load_vocab_from(Path(cfg.vocab))
-    else:
-        raise UserError(f"{folder} holds no vocabulary (vocab.txt or vocab.json) and the training one "
-                        f"({cfg.vocab!r}) is not available")
-    if cfg.vocab_size and cfg.vocab_size != vocab.size:
-        raise UserError(f"the vocabulary in {folder} has {vocab.size} entries but training_args.json says "
-                        f"vocab_size {cfg.vocab_size}")
-    model = create_model(cfg, vocab.size, cfg.encoder_config(folder))
-    state = safe_load(model_path)
-    if isinstance(state, dict) and "word_embedding.weight" in state \
-            and state["word_embedding.weight"].shape[0] != vocab.size:
-        raise UserError(f"the vocabulary ({vocab.size} entries) does not match the checkpoint "
-                        f"({state['word_embedding.weight'].shape[0]} embeddings)")
-    load_model_weights(model, state, model_path)
-    model.to(device).eval().requires_grad_(False)
-    return cfg, vocab, model

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .kernels import Dropout, dropout, packed_linear
+from .kernels import Dropout, PackedLinear, dropout
 
 MAX_POSITIONS = 512
 LAYER_NORM_EPS = 1e-12
@@ -76,12 +76,13 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_dropout
+        self.qkv = PackedLinear()  # the three projections as one product
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b, n, d = h.shape
         # the three projections as one matmul; q, k, v are [b, heads, n, d / heads] views of its result
-        qkv = packed_linear(self, h, (self.query.weight, self.key.weight, self.value.weight, self.query.bias,
-                                      self.key.bias, self.value.bias))
+        qkv = self.qkv(h, (self.query.weight, self.key.weight, self.value.weight, self.query.bias,
+                            self.key.bias, self.value.bias))
         q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if self.training and self.dropout_p > 0 and h.device.type == "cpu":
             out = attention_with_dropout(q, k, v, self.dropout_p)
@@ -113,9 +114,10 @@ class BertSelfOutput(nn.Module):
         self.dense = nn.Linear(in_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
         self.dropout = Dropout(dropout)
+        self.projection = PackedLinear()  # computes ``dense``
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        projected = packed_linear(self.dense, h, (self.dense.weight, self.dense.bias))
+        projected = self.projection(h, (self.dense.weight, self.dense.bias))
         return self.LayerNorm(self.dropout(projected) + residual)
 
 
@@ -137,9 +139,10 @@ class BertIntermediate(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.projection = PackedLinear()  # computes ``dense``, then GELU
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return packed_linear(self.dense, h, (self.dense.weight, self.dense.bias), activation="gelu")
+        return self.projection(h, (self.dense.weight, self.dense.bias), activation="gelu")
 
 
 class BertLayer(nn.Module):

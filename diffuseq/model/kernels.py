@@ -7,9 +7,12 @@ float32 products 2.2x as fast. So in float32 on a CPU:
 
 * :func:`linear` (and :class:`Linear`, an ``nn.Linear`` that uses it) computes ``F.linear`` and,
   in training, both products of its backward through oneDNN;
-* :func:`packed_linear`, when no gradient is needed (decoding, validation), also packs the weight
+* :class:`PackedLinear`, when no gradient is needed (decoding, validation), also packs the weight
   once into oneDNN's blocked layout (what ``torch.compile`` does on a CPU) and fuses the bias
   and an optional GELU into the product.
+
+PyTorch's oneDNN operators are private (``torch.ops.mkldnn``): only this module calls them, behind the one probe
+:func:`onednn_linear_available`; other modules use :func:`onednn_matmul_t` and :func:`pack_linear_weight`.
 
 Both fall back to ``F.linear`` under autocast, off the CPU, for other dtypes, inside ``torch.compile``, where this
 PyTorch build lacks the oneDNN operators, or with ``DIFFUSEQ_ONEDNN=0`` in the environment (for a
@@ -26,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +41,22 @@ OPT_OUT = "DIFFUSEQ_ONEDNN"
 
 @functools.lru_cache(maxsize=1)
 def onednn_linear_available() -> bool:
-    """Whether this build runs oneDNN's linear, packed and on transposed views (checked once, on tiny inputs
-    made without any random generator, against F.linear); False with ``DIFFUSEQ_ONEDNN=0``."""
+    """Whether this build runs oneDNN's linear, packed (with and without GELU) and on transposed views (checked
+    once, on tiny inputs made without any random generator, against F.linear); False with ``DIFFUSEQ_ONEDNN=0``.
+
+    The one probe of PyTorch's private oneDNN operators: only this module calls them, and only once this is True
+    (through :func:`onednn_eligible`).
+    """
     if os.environ.get(OPT_OUT, "1") == "0":
         return False
     try:
         weight = torch.arange(32, dtype=torch.float32).view(8, 4).sin()
         bias, x = torch.arange(8, dtype=torch.float32).cos(), torch.arange(12, dtype=torch.float32).view(3, 4).cos()
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 3)
+        packed = pack_linear_weight(weight, 3)
         z = torch.arange(24, dtype=torch.float32).view(3, 8).sin()
-        outs = (torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""), onednn_matmul_t(x, weight, bias),
-                onednn_matmul_t(x.t(), z.t()))
-        expected = (F.linear(x, weight, bias), F.linear(x, weight, bias), x.t() @ z)
+        outs = (onednn_matmul_t(x, packed, bias), onednn_matmul_t(x, packed, bias, "gelu"),
+                onednn_matmul_t(x, weight, bias), onednn_matmul_t(x.t(), z.t()))
+        expected = (F.linear(x, weight, bias), F.gelu(F.linear(x, weight, bias)), F.linear(x, weight, bias), x.t() @ z)
         return all(bool(torch.allclose(a, b, atol=1e-5)) for a, b in zip(outs, expected))
     except (RuntimeError, AttributeError) as err:
         logger.debug("oneDNN packed linear unavailable (%s): using F.linear", err)
@@ -67,9 +75,19 @@ def _needs_grad(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
-def onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b.T (+ bias)`` through oneDNN (``a``: [..., k], ``b``: [n, k]; either may be a transposed view)."""
+def onednn_matmul_t(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+                    activation: str = "none") -> torch.Tensor:
+    """``a @ b.T (+ bias)``, then GELU if ``activation == "gelu"``, through oneDNN (``a``: [..., k]; ``b``: [n, k],
+    possibly a transposed view, or packed by :func:`pack_linear_weight`)."""
+    if activation == "gelu":
+        return torch.ops.mkldnn._linear_pointwise(a, b, bias, "gelu", [], "none")
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
+
+
+def pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``weight`` [n, k] in oneDNN's blocked layout, for :func:`onednn_matmul_t` with about ``rows`` rows a call
+    (only where :func:`onednn_eligible`)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -102,39 +120,62 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+class PackedLinear:
+    """``F.linear(x, W, b)`` (then GELU), with W packed once into oneDNN's blocked layout for products without
+    gradients; owned by the layer that computes the product (one per product).
+
+    ``params`` holds W and b, or the weights then the biases of several projections that are concatenated
+    into one. Invalidation rule: the pack is rebuilt when a parameter is another tensor (other storage) or
+    has been written in place since it was packed; every in-place write (an optimizer step, an EMA update,
+    ``load_state_dict``) advances a tensor's version counter. Tensors made in inference mode have no version
+    counter: they are treated as unchanged while their storage is the same. A copy (``copy.deepcopy``,
+    pickling) starts empty. With gradients, or where oneDNN cannot run, the product is :func:`linear`.
+    """
+
+    def __init__(self) -> None:
+        self.stamp: tuple[tuple[int, int], ...] | None = None  # what the pack was made from (see _stamp)
+        self.weight: torch.Tensor | None = None  # the packed W
+        self.bias: torch.Tensor | None = None
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return PackedLinear, ()
+
+    @staticmethod
+    def _stamp(params: tuple[torch.Tensor, ...]) -> tuple[tuple[int, int], ...]:
+        """Storage and version counter of each parameter (-1 for an inference tensor, which has none)."""
+        return tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
+
+    @staticmethod
+    def _joined(params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """W and b of the one product (the projections' weights, and biases, concatenated)."""
+        half = len(params) // 2
+        if half == 1:
+            return params[0], params[1]
+        return torch.cat(params[:half]), torch.cat(params[half:])
+
+    def __call__(self, x: torch.Tensor, params: tuple[torch.Tensor, ...], activation: str = "none") -> torch.Tensor:
+        """``F.linear(x, W, b)``, then GELU if ``activation == "gelu"``."""
+        if not onednn_eligible(x, params[0]) or _needs_grad(x, params[0]):
+            out = linear(x, *self._joined(params))
+            return F.gelu(out) if activation == "gelu" else out
+        stamp = self._stamp(params)
+        if self.stamp != stamp:
+            weight, bias = self._joined(params)
+            self.weight = pack_linear_weight(weight.detach(), max(1, x.numel() // x.size(-1)))
+            self.bias = bias.detach().clone()
+            self.stamp = stamp
+        return onednn_matmul_t(x, self.weight, self.bias, activation)
+
+
 class Linear(torch.nn.Linear):
-    """``nn.Linear`` (same parameters and state dict) computed by :func:`packed_linear`."""
+    """``nn.Linear`` (same parameters and state dict) computed by a :class:`PackedLinear` of its own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.packed = PackedLinear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return packed_linear(self, x, (self.weight, self.bias))
-
-
-def packed_linear(owner: torch.nn.Module, x: torch.Tensor, params: tuple[torch.Tensor, ...],
-                  activation: str = "none") -> torch.Tensor:
-    """``F.linear(x, W, b)`` (then GELU if ``activation == "gelu"``); ``params`` holds W and b, or the
-    weights then the biases of several projections that are concatenated into one.
-
-    Without gradients the packed weight is kept on ``owner`` until a parameter changes (its
-    version counter moves); with gradients it is :func:`linear`.
-    """
-    half = len(params) // 2
-    if not onednn_eligible(x, params[0]) or _needs_grad(x, params[0]):
-        weight = params[0] if half == 1 else torch.cat(params[:half])
-        bias = params[1] if half == 1 else torch.cat(params[half:])
-        out = linear(x, weight, bias)
-        return F.gelu(out) if activation == "gelu" else out
-    key = tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in params)
-    cached = owner.__dict__.get("_packed_linear")
-    if cached is None or cached[0] != key:
-        weight = params[0] if half == 1 else torch.cat(params[:half])
-        bias = params[1] if half == 1 else torch.cat(params[half:])
-        cached = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, x.numel() // x.size(-1))),
-                  bias.detach().clone())
-        owner.__dict__["_packed_linear"] = cached
-    _, packed, bias = cached
-    if activation == "gelu":
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none")
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return self.packed(x, (self.weight, self.bias))
 
 
 class _Dropout(torch.autograd.Function):

@@ -1,7 +1,11 @@
-"""Reverse samplers (DDPM, DDIM, DPM-Solver++), each an object with ``set_timesteps`` / ``step`` and a
-saved config; clamping to the nearest word embedding; per-example noise; the reverse chain of a batch."""
+"""Reverse samplers (DDPM, DDIM, DPM-Solver++), each an object with ``set_timesteps`` / ``timesteps`` / ``step``
+built from a frozen, saved config; clamping to the nearest word embedding; per-example noise; the reverse chain
+of a batch.
 
-from .base import ReverseSampler, SamplerConfig
+A new sampler is a subclass of :class:`ReverseSampler` (its ``name`` and ``_update``) in a module of its own,
+registered in ``SAMPLER_CLASSES`` below; ``--sampler`` offers it from there."""
+
+from .base import ReverseSampler, SamplerConfig, SamplerOutput
 from .chain import denoise
 from .clamp import NearestEmbedding, blocked_argmin
 from .ddim import DDIMSampler
@@ -15,8 +19,9 @@ SAMPLERS = tuple(SAMPLER_CLASSES)
 
 
 def create_sampler(config: SamplerConfig) -> ReverseSampler:
-    """The sampler ``config`` names (``sampler``, or DiffuSeq's rule: DDIM when ``eta >= 0``)."""
-    return SAMPLER_CLASSES[config.resolved_sampler()](config)
+    """The sampler ``config`` names (see :meth:`SamplerConfig.resolve`)."""
+    resolved = config.resolve()
+    return SAMPLER_CLASSES[resolved.sampler](resolved)
 
 
 def sampler_from_config(values: dict) -> ReverseSampler:
@@ -25,4 +30,5 @@ def sampler_from_config(values: dict) -> ReverseSampler:
 
 
 __all__ = ["SAMPLERS", "DDIMSampler", "DDPMSampler", "DPMSolverPlusPlusSampler", "ExampleNoise", "NearestEmbedding",
-           "ReverseSampler", "SamplerConfig", "blocked_argmin", "create_sampler", "denoise", "sampler_from_config"]
+           "ReverseSampler", "SamplerConfig", "SamplerOutput", "blocked_argmin", "create_sampler", "denoise",
+           "sampler_from_config"]

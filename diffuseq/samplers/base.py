@@ -1,9 +1,10 @@
 """What every reverse sampler shares: its configuration, the respaced process, clamping and the step contract.
 
-A sampler follows the diffusers scheduler shape: built from a config dict (saved beside the
-outputs, ``to_dict`` / ``from_config``), ``set_timesteps(respacing)`` chooses the steps,
-``timesteps`` lists the respaced indices from N-1 down to 0, and ``step(pred_x0, index, x_t,
-noise)`` makes one reverse step from the network's x_0 prediction.
+A sampler follows the diffusers scheduler shape: built once from a frozen :class:`SamplerConfig`
+(saved beside the outputs, ``to_dict`` / ``from_dict``), ``set_timesteps`` chooses the steps,
+``timesteps`` lists what the network is given at each step, in order, and ``step(model_output,
+t, sample, noise=..., mask=..., clamp=...)`` makes one reverse step from the network's x_0
+prediction, drawing its own noise, and returns the next sample with the x_0 it used.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from ..diffusion.process import GaussianDiffusion
 from ..diffusion.respace import respaced_diffusion, space_timesteps
 from ..errors import UserError
 from .clamp import NearestEmbedding
+from .noise import ExampleNoise
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerConfig:
     """Everything that defines the reverse process of a decode (DiffuSeq's flag names)."""
 
@@ -31,13 +33,13 @@ class SamplerConfig:
     clip_denoised: bool = False
     top_p: float = 0.0
     sigma_small: bool = False
-    sampler: str = ""  # "" = DiffuSeq's rule: DDIM when eta >= 0, else DDPM
+    sampler: str = ""  # "" = DiffuSeq's rule (see ``resolve``)
 
     def check(self) -> None:
         """Reject values no sampler accepts, and an ``eta`` that contradicts ``sampler`` (one-line ``UserError``)."""
         if not (self.eta == -1 or 0 <= self.eta <= 1):
             raise UserError(f"--eta must be -1 (DDPM) or in [0, 1] (DDIM), got {self.eta}")
-        if self.sampler in ("ddpm", "dpm++") and self.eta >= 0:
+        if self.sampler not in ("", "ddim") and self.eta >= 0:
             raise UserError(f"--sampler {self.sampler} takes no --eta (got {self.eta}); --eta in [0, 1] is DDIM's")
         if self.clamp_step < 0:
             raise UserError(f"--clamp_step must be >= 0 (0 clamps at every step, K only while the respaced index "
@@ -45,8 +47,13 @@ class SamplerConfig:
         if not 0 <= self.top_p < float("inf"):
             raise UserError(f"--top_p must be a finite number >= 0 (0: no noise truncation), got {self.top_p}")
 
-    def resolved_sampler(self) -> str:
-        return self.sampler or ("ddim" if self.eta >= 0 else "ddpm")
+    def resolve(self) -> "SamplerConfig":
+        """This config, checked, with its sampler named: DiffuSeq's rule, DDIM when ``eta >= 0`` and else DDPM,
+        where ``sampler`` is empty; DDIM without an eta (-1) is DDIM with eta 0."""
+        self.check()
+        sampler = self.sampler or ("ddim" if self.eta >= 0 else "ddpm")
+        eta = 0.0 if sampler == "ddim" and self.eta == -1 else self.eta
+        return dataclasses.replace(self, sampler=sampler, eta=eta)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -57,8 +64,16 @@ class SamplerConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+@dataclass(frozen=True)
+class SamplerOutput:
+    """One reverse step: the next sample, and the x_0 prediction the step used (clamped, clipped)."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
 class ReverseSampler:
-    """The reverse process over a respaced schedule; subclasses define ``step``.
+    """The reverse process over a respaced schedule; subclasses define ``_update``.
 
     * Clamping (``clamp_first`` in DiffuSeq's sample script): at respaced index i (counting
       down from N-1) the x_0 prediction is replaced by its nearest word embedding while
@@ -69,54 +84,44 @@ class ReverseSampler:
     name = ""
 
     def __init__(self, config: SamplerConfig) -> None:
-        config.sampler = self.name
-        config.check()
-        self.config = config
-        self.base = GaussianDiffusion.from_schedule(config.noise_schedule, config.num_train_timesteps)
-        self.set_timesteps(config.respacing)
+        self.config = dataclasses.replace(config, sampler=self.name).resolve()
+        self.base = GaussianDiffusion.from_schedule(self.config.noise_schedule, self.config.num_train_timesteps)
+        self.set_timesteps()
 
-    def set_timesteps(self, respacing: str) -> None:
-        """Keep the steps named by ``respacing`` (``""``, ``N``, ``a,b,c``, ``[a,b,c]``, ``ddimN``, ``adp_N``)."""
-        kept = space_timesteps(self.config.num_train_timesteps, respacing)
-        self.config.respacing = respacing
+    def set_timesteps(self, respacing: str | None = None) -> None:
+        """Keep the steps named by ``respacing`` (``""``, ``N``, ``a,b,c``, ``[a,b,c]``, ``ddimN``, ``adp_N``;
+        default: the config's, which then names the new ones)."""
+        if respacing is not None:
+            self.config = dataclasses.replace(self.config, respacing=respacing)
+        kept = space_timesteps(self.config.num_train_timesteps, self.config.respacing)
         self.process = respaced_diffusion(self.base, kept)
-        self.timesteps = list(range(self.process.num_timesteps - 1, -1, -1))
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget what earlier steps left behind (a new chain starts)."""
+        indices = torch.arange(self.num_steps - 1, -1, -1)
+        # what the network sees at respaced index i: the original step, rescaled to [0, 1000); float32
+        self.timesteps = self.process.scale_timesteps(indices)
+        self._index = {t: i for t, i in zip(self.timesteps.tolist(), indices.tolist())}
 
     @property
     def num_steps(self) -> int:
         return self.process.num_timesteps
 
-    @property
-    def noise_top_p(self) -> float:
-        """The truncation of the step noise (DiffuSeq's ``--top_p``, DDPM only)."""
-        return 0.0
-
-    def uses_noise(self, index: int) -> bool:
-        """Whether the step at respaced ``index`` adds noise (and so needs a draw)."""
-        return index > 0
-
-    def model_timesteps(self, index: int, batch: int, device: torch.device) -> torch.Tensor:
-        """The float timesteps the network sees at respaced step ``index``."""
-        return self.process.scale_timesteps(torch.full((batch,), index, dtype=torch.long, device=device))
-
-    def clamps_at(self, index: int) -> bool:
-        """Whether the x_0 prediction is clamped at respaced step ``index``."""
-        return index >= self.config.clamp_step
-
-    def denoised(self, pred_x0: torch.Tensor, index: int, clamp: NearestEmbedding | None,
-                 target: torch.Tensor) -> torch.Tensor:
-        """The x_0 prediction as the step uses it: clamped on ``target`` positions, then clipped."""
-        if clamp is not None and self.clamps_at(index):
-            pred_x0[target] = clamp(pred_x0[target])
+    def step(self, model_output: torch.Tensor, t: float | torch.Tensor, sample: torch.Tensor,
+             noise: ExampleNoise | None = None, mask: torch.Tensor | None = None,
+             clamp: NearestEmbedding | None = None) -> SamplerOutput:
+        """The sample at the step after ``t`` (an entry of ``timesteps``) from ``sample`` and the network's x_0
+        prediction ``model_output`` at ``t``, which is changed in place: with ``clamp``, its positions in ``mask``
+        (a [batch, seq] bool tensor, the target positions) go to their nearest word embedding while the
+        ``clamp_step`` rule says so; then it is clipped with ``clip_denoised``. Noise, where the step adds some,
+        comes from ``noise``, one draw per example."""
+        index = self._index[float(t)]
+        pred_x0 = model_output
+        if clamp is not None and index >= self.config.clamp_step:
+            pred_x0[mask] = clamp(pred_x0[mask])
         if self.config.clip_denoised:
             pred_x0 = pred_x0.clamp(-1, 1)
-        return pred_x0
+        return SamplerOutput(self._update(pred_x0.to(sample.dtype), index, sample, noise), pred_x0)
 
-    def step(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def _update(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor,
+                noise: ExampleNoise | None) -> torch.Tensor:
         """x at respaced step ``index - 1`` from x_t and the (clamped) x_0 prediction at ``index``."""
         raise NotImplementedError
 

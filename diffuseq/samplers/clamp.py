@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..model.kernels import onednn_eligible
+from ..model.kernels import onednn_eligible, onednn_matmul_t, pack_linear_weight
 from ..runtime import full_fp32_matmul
 
 ARGMIN_BLOCK = 64  # vocabulary entries per block of the two-pass argmin
@@ -36,8 +36,8 @@ class NearestEmbedding:
 
     argmin_v ||x - e_v||^2 = argmin_v (||e_v||^2 - 2 x . e_v): a matmul (in float32 on a CPU,
     oneDNN's, with the squared norms as its bias) and an argmin, ``ROWS`` vectors at a time so
-    that their scores stay in the cache between the matmul and the two passes of the argmin. The vocabulary is padded to a
-    multiple of ``ARGMIN_BLOCK`` with entries at infinite distance, never chosen.
+    that their scores stay in the cache between the matmul and the two passes of the argmin. The
+    vocabulary is padded to a multiple of ``ARGMIN_BLOCK`` with entries at infinite distance, never chosen.
     """
 
     ROWS = 128  # on a CPU: vectors per block, so that their scores stay in the cache
@@ -56,7 +56,7 @@ class NearestEmbedding:
         self.scaled_t = scaled.t().contiguous()
         self.packed = None  # oneDNN's blocked layout of ``scaled`` (float32 on a CPU), the norms as its bias
         if onednn_eligible(scaled, scaled):
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(scaled, self.ROWS)
+            self.packed = pack_linear_weight(scaled, self.ROWS)
 
     def nearest_ids(self, x: torch.Tensor) -> torch.Tensor:
         """Ids of the nearest embeddings of the vectors in ``x`` [..., d] (shape [...])."""
@@ -69,7 +69,7 @@ class NearestEmbedding:
             for start in range(0, flat.size(0), step):
                 rows = flat[start:start + step]
                 if scores is None:
-                    block = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.sq_norms, "none", [], "")
+                    block = onednn_matmul_t(rows, self.packed, self.sq_norms)
                 else:
                     block = torch.mm(rows, self.scaled_t, out=scores[:rows.size(0)]).add_(self.sq_norms)
                 ids[start:start + rows.size(0)] = blocked_argmin(block) if on_cpu else block.argmin(-1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import ReverseSampler, SamplerConfig
+from .base import ReverseSampler
+from .noise import ExampleNoise
 
 
 class DDIMSampler(ReverseSampler):
@@ -12,13 +13,8 @@ class DDIMSampler(ReverseSampler):
 
     name = "ddim"
 
-    def __init__(self, config: SamplerConfig) -> None:
-        if config.eta == -1:  # --sampler ddim with DDPM's default: DDIM with eta 0
-            config.eta = 0.0
-        super().__init__(config)
-
-    def uses_noise(self, index: int) -> bool:
-        return index > 0 and self.config.eta > 0
-
-    def step(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.process.ddim_step(x_t, self._t(index, x_t), pred_x0, noise, eta=self.config.eta)
+    def _update(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor,
+                noise: ExampleNoise | None) -> torch.Tensor:
+        eta = self.config.eta
+        z = noise.draw() if index > 0 and eta > 0 else torch.zeros_like(x_t)
+        return self.process.ddim_step(x_t, self._t(index, x_t), pred_x0, z, eta=eta)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import ReverseSampler
+from .noise import ExampleNoise
 
 
 class DDPMSampler(ReverseSampler):
@@ -13,9 +14,7 @@ class DDPMSampler(ReverseSampler):
 
     name = "ddpm"
 
-    @property
-    def noise_top_p(self) -> float:
-        return self.config.top_p
-
-    def step(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.process.ddpm_step(x_t, self._t(index, x_t), pred_x0, noise, sigma_small=self.config.sigma_small)
+    def _update(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor,
+                noise: ExampleNoise | None) -> torch.Tensor:
+        z = noise.draw(self.config.top_p) if index > 0 else torch.zeros_like(x_t)
+        return self.process.ddpm_step(x_t, self._t(index, x_t), pred_x0, z, sigma_small=self.config.sigma_small)

@@ -19,28 +19,29 @@ import math
 import torch
 
 from .base import ReverseSampler
+from .noise import ExampleNoise
 
 
 class DPMSolverPlusPlusSampler(ReverseSampler):
-    """DPM-Solver++(2M); set ``second_order = False`` for its first-order form (DDIM with eta 0)."""
+    """DPM-Solver++(2M); set ``second_order = False`` for its first-order form (DDIM with eta 0).
+
+    The previous step's x_0 prediction is the multistep state: forgotten at the first step of a chain.
+    """
 
     name = "dpm++"
     second_order = True
-
-    def reset(self) -> None:
-        self._previous: tuple[torch.Tensor, float] | None = None  # (x_0 prediction, lambda) of the last step
-
-    def uses_noise(self, index: int) -> bool:
-        return False
+    _previous: tuple[torch.Tensor, float] | None = None  # (x_0 prediction, lambda) of the last step
 
     def _alpha_sigma_lambda(self, index: int) -> tuple[float, float, float]:
         abar = float(self.process.alphas_cumprod[index])
         alpha, sigma = math.sqrt(abar), math.sqrt(1.0 - abar)
         return alpha, sigma, math.log(alpha) - math.log(sigma)
 
-    def step(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if index == 0:  # to the clean data: sigma = 0, alpha = 1
+    def _update(self, pred_x0: torch.Tensor, index: int, x_t: torch.Tensor,
+                noise: ExampleNoise | None) -> torch.Tensor:
+        if index == self.num_steps - 1:  # a chain starts
             self._previous = None
+        if index == 0:  # to the clean data: sigma = 0, alpha = 1
             return pred_x0
         _, sigma_t, lambda_t = self._alpha_sigma_lambda(index)
         alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(index - 1)

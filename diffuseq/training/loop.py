@@ -14,7 +14,7 @@ import math
 import signal
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,19 +24,20 @@ from .. import dist_util
 from ..config import TrainConfig
 from ..data import BatchStream, load_split
 from ..data.vocab import Vocabulary
+from ..diffusion.penalty import DistancePenalty
 from ..diffusion.process import GaussianDiffusion
+from ..diffusion.timesteps import TimestepDistribution, create_timestep_distribution
 from ..errors import UserError
+from ..loading import create_model
 from ..model import EncoderConfig
 from ..model import checkpoints as ckpt
-from ..model.checkpoints import create_model, load_model_weights
+from ..model.checkpoints import load_model_weights
 from ..model.plm_init import load_bert_weights
 from ..runtime import autocast_dtype, compile_model, keep_freed_memory_on, use_tf32_on
 from .cross_entropy import CrossEntropyWorkspace
 from .losses import diffuseq_losses, distance_penalty_losses
-from .penalty import DistancePenalty
 from .reporting import TrainingReport
 from .state import rng_state, seed_everything, set_rng_state
-from .timesteps import TimestepSampler, create_timestep_sampler
 
 logger = logging.getLogger(__name__)
 VALID_EXAMPLES = 256
@@ -64,7 +65,8 @@ class Trainer:
                                                                                  self.stream.local_batch)
 
         self.diffusion = GaussianDiffusion.from_schedule(cfg.noise_schedule, cfg.diffusion_steps)
-        self.timestep_sampler: TimestepSampler = create_timestep_sampler(cfg.schedule_sampler, cfg.diffusion_steps)
+        self.timestep_sampler: TimestepDistribution = create_timestep_distribution(cfg.schedule_sampler,
+                                                                                   cfg.diffusion_steps)
         self.workspace = CrossEntropyWorkspace()
         self.penalty = (DistancePenalty.create(cfg.simi_penalty, cfg.simi_lambda, self.diffusion, cfg.simi_step,
                                                cfg.simi_noise) if cfg.simi_penalty else None)
@@ -91,7 +93,6 @@ class Trainer:
         self.stopped_by: int | None = None  # the signal that stopped the run (SIGINT / SIGTERM), if any
         self._previous_handlers: dict[int, Any] = {}
         self.control_group = None  # the process group the stop flag travels in (see _agree_to_stop)
-        self.loss_fn: Callable[..., dict[str, torch.Tensor]] = self._losses
         seed_everything(cfg.seed * 1000 + self.rank)  # per-rank training randomness
 
     # -- loading ------------------------------------------------------------
@@ -201,9 +202,10 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------
 
-    def _losses(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
-                with_nll: bool, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The loss terms; random draws from ``generator`` (default: the training stream of this rank)."""
+    def losses(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
+               with_nll: bool, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The loss terms of training and of validation; random draws from ``generator`` (default: the training
+        stream of this rank)."""
         if self.penalty is None:
             return diffuseq_losses(model, self.diffusion, ids, mask, t, with_nll=with_nll, workspace=self.workspace,
                                    generator=generator)
@@ -238,7 +240,7 @@ class Trainer:
             sync = nullcontext() if last or not isinstance(ddp_model, DDP) else ddp_model.no_sync()
             with sync:
                 with self._autocast():
-                    terms = self.loss_fn(ddp_model, micro_ids, micro_mask, t, with_nll and start == 0)
+                    terms = self.losses(ddp_model, micro_ids, micro_mask, t, with_nll and start == 0)
                 self.timestep_sampler.update(t, terms["loss"])
                 # as DiffuSeq: each microbatch's mean loss is backpropagated, so gradients add up
                 loss = (terms["loss"] * weights).mean()
@@ -291,7 +293,7 @@ class Trainer:
             ids, mask = ids.to(self.device), mask.to(self.device)
             t = torch.randint(0, self.diffusion.num_timesteps, (ids.size(0),), device=self.device, generator=generator)
             with self._autocast():
-                terms = self._losses(self.model, ids, mask, t, with_nll=True, generator=generator)
+                terms = self.losses(self.model, ids, mask, t, with_nll=True, generator=generator)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value.float().sum()
         self.model.train()
@@ -350,9 +352,6 @@ class Trainer:
                             **no_sync)
         if cfg.compile:
             ddp_model = compile_model(ddp_model)
-        if self.step >= cfg.learning_steps:
-            raise UserError(f"the checkpoint is at step {self.step}, not below --learning_steps "
-                            f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
         if self.is_main:
             self._warn_about_slow_ema(cfg.learning_steps - self.step)
         self._previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM,

@@ -1,7 +1,7 @@
 """Training losses: DiffuSeq's base loss and the Distance Penalty of Tang et al. (2023).
 
 Every function returns per-example terms (shape [B]); the caller weights them
-by the timestep sampler's importance weights and averages.
+by the timestep distribution's importance weights and averages.
 
 Base loss (DiffuSeq): ``loss = mse + rounding + tT`` with
 * ``mse``: mean((x0 - f(x_t, t))^2) over positions and dims (target x0_mean at t = 0),
@@ -10,7 +10,7 @@ Base loss (DiffuSeq): ``loss = mse + rounding + tT`` with
 and ``nll`` (logged only): cross-entropy of lm_head(f(x_t, t)) on the target part.
 
 Distance Penalty post-training (Bridge-Gap's ``training_losses_seq2seq``): a neighbour
-step t' is drawn per example (:mod:`diffuseq.training.penalty`); f is evaluated at t and t' in
+step t' is drawn per example (:mod:`diffuseq.diffusion.penalty`); f is evaluated at t and t' in
 one forward pass of a batch twice as large, and
 ``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2`` with the penalty of
 :class:`DistancePenalty` where a neighbour exists.
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..diffusion.penalty import DistancePenalty, NeighbourRule, mean_flat
 from ..diffusion.process import GaussianDiffusion
 from .cross_entropy import CrossEntropyWorkspace, token_cross_entropy
-from .penalty import DistancePenalty, NeighbourDraw, mean_flat
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -58,7 +58,7 @@ class LossDraws:
     self_cond: torch.Tensor | None = None  # bool [B]: which examples get their own estimate
 
     @classmethod
-    def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourDraw | None = None,
+    def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourRule | None = None,
                self_cond: bool = False, generator: torch.Generator | None = None) -> "LossDraws":
         def noise() -> torch.Tensor:
             return torch.randn(x0_mean.shape, dtype=x0_mean.dtype, device=x0_mean.device, generator=generator)

@@ -2,7 +2,9 @@
 which settings; then its first files, and ``train`` itself.
 
 ``plan_run`` reads (never writes) the flags, the checkpoint folder and the checkpoint to start
-from, and settles the run's settings:
+from: ``run_folder`` (where the run goes), ``start_point`` (the checkpoint it starts from and whether
+it continues exactly), ``adopted_settings`` (its settings, a new config) and ``vocabulary_folder``
+(where its vocabulary already is). The settings are:
 
 * a new folder: the flags;
 * continuing a run in its own folder (``--resume_checkpoint auto``, a checkpoint of that folder,
@@ -12,6 +14,8 @@ from, and settles the run's settings:
   the diffusion process and the vocabulary; a flag that contradicts them is an error.
 
 Every conflict is a ``UserError`` naming both values, raised before any file is written.
+``resolved_settings`` then gives the settings as ``training_args.json`` records them; the Trainer
+gets those.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ ENCODER_FLAGS = ("config_name", "num_layers", "num_heads", "hidden_size", "inter
 class RunPlan:
     """What ``train`` will do: the folder, the checkpoint to start from, and how."""
 
-    cfg: TrainConfig
+    cfg: TrainConfig  # the settings: the flags, with those adopted from the folder's run or the source checkpoint
     folder: Path
     resume: Path | None
     exact: bool  # continue the run of ``folder`` exactly (optimizer, data position, RNGs)
@@ -60,10 +64,9 @@ class RunPlan:
 
 
 def _value(cfg: TrainConfig, key: str, folder: Path | None) -> Any:
-    """A setting in a comparable form: paths resolved, defaults resolved, the vocabulary's origin."""
+    """A setting in a comparable form: paths resolved, defaults resolved."""
     if key == "vocab":
-        value = cfg.vocab_source or cfg.vocab
-        return str(Path(value).resolve()) if value not in ("bert", "train") else value
+        return str(Path(cfg.vocab).resolve()) if cfg.vocab not in ("bert", "train") else cfg.vocab
     if key == "config_name":
         return cfg.encoder_config(folder)
     if key == "data_dir":
@@ -86,32 +89,38 @@ def _describe(key: str, value: Any) -> str:
     return repr(value)
 
 
+def _adopted_fields(cfg: TrainConfig, saved: TrainConfig, key: str, source: Path, folder: Path,
+                    what: str) -> dict[str, Any]:
+    """The fields that taking ``key`` from ``saved`` (read from ``source``) sets; a given flag with another value
+    is an error."""
+    if key == "vocab_size":  # only --vocab train reads it, as an upper bound (DiffuSeq's tokenizer sets it)
+        if key in cfg.given and saved.vocab == "train" and saved.vocab_size > cfg.vocab_size:
+            raise UserError(f"--vocab_size {cfg.vocab_size} but {source} has a vocabulary of {saved.vocab_size} "
+                            f"({what})")
+        return {key: saved.vocab_size}
+    given = key in cfg.given or (key == "config_name" and any(k in cfg.given for k in ENCODER_FLAGS))
+    if given:
+        mine, theirs = _value(cfg, key, None), _value(saved, key, folder)
+        if mine != theirs:
+            flag = _flag_name(key) + " gives" if key != "config_name" else "the encoder size flags give"
+            raise UserError(f"{flag} {_describe(key, mine)} but {source} says {_describe(key, theirs)} ({what})")
+    if key != "config_name":
+        return {key: getattr(saved, key)}
+    encoder = saved.encoder_config(folder)
+    stale = saved.config_name not in BERT_BASE_NAMES and not Path(saved.config_name).exists()
+    return {"config_name": str(folder / "config.json") if stale else saved.config_name,  # a folder that moved
+            "num_layers": encoder.num_layers, "num_heads": encoder.num_heads,
+            "hidden_size": encoder.hidden_size, "intermediate_size": encoder.intermediate_size}
+
+
 def _adopt(cfg: TrainConfig, saved: TrainConfig, keys: tuple[str, ...], source: Path, folder: Path,
-           what: str) -> None:
-    """Take ``keys`` from ``saved`` (read from ``source``); a given flag with another value is an error."""
+           what: str) -> TrainConfig:
+    """``cfg`` with ``keys`` taken from ``saved`` (read from ``source``); a given flag with another value is an
+    error. One key after the other: a key is compared with what the keys before it set (the encoder sizes with
+    those ``config_name`` set)."""
     for key in keys:
-        if key == "vocab_size":  # only --vocab train reads it, as an upper bound (DiffuSeq's tokenizer sets it)
-            if key in cfg.given and _value(saved, "vocab", folder) == "train" and saved.vocab_size > cfg.vocab_size:
-                raise UserError(f"--vocab_size {cfg.vocab_size} but {source} has a vocabulary of {saved.vocab_size} "
-                                f"({what})")
-            cfg.vocab_size = saved.vocab_size
-            continue
-        given = key in cfg.given or (key == "config_name" and any(k in cfg.given for k in ENCODER_FLAGS))
-        if given:
-            mine, theirs = _value(cfg, key, None), _value(saved, key, folder)
-            if mine != theirs:
-                flag = _flag_name(key) + " gives" if key != "config_name" else "the encoder size flags give"
-                raise UserError(f"{flag} {_describe(key, mine)} but {source} says {_describe(key, theirs)} ({what})")
-        if key == "config_name":
-            encoder = saved.encoder_config(folder)
-            stale = saved.config_name not in BERT_BASE_NAMES and not Path(saved.config_name).exists()
-            cfg.config_name = str(folder / "config.json") if stale else saved.config_name  # a folder that moved
-            cfg.num_layers, cfg.num_heads = encoder.num_layers, encoder.num_heads
-            cfg.hidden_size, cfg.intermediate_size = encoder.hidden_size, encoder.intermediate_size
-        elif key == "vocab":
-            cfg.vocab, cfg.vocab_source = saved.vocab, saved.vocab_source
-        else:
-            setattr(cfg, key, getattr(saved, key))
+        cfg = dataclasses.replace(cfg, **_adopted_fields(cfg, saved, key, source, folder, what))
+    return cfg
 
 
 def _own_checkpoint(folder: Path) -> Path | None:
@@ -135,14 +144,28 @@ def _own_checkpoint(folder: Path) -> Path | None:
     return own
 
 
-def _resolve_resume(cfg: TrainConfig, folder: Path) -> tuple[Path | None, bool]:
-    """The checkpoint to start from and whether it continues the run of ``folder``."""
+def run_folder(cfg: TrainConfig, default_folder: str = "") -> Path:
+    """Where the run goes: ``--checkpoint_path``, else ``default_folder``, else a new name; checked, not created."""
+    if not cfg.checkpoint_path and not cfg.data_dir:
+        raise UserError("give --data_dir (a folder of train/valid/test.jsonl) for a new run, or --checkpoint_path "
+                        "of a run to continue (see --help)")
+    folder = Path(cfg.checkpoint_path or default_folder or cfg.default_checkpoint_path())
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--checkpoint_path {folder} is a file, not a folder")
+    if folder.is_dir() and not (folder / "training_args.json").is_file() and any(folder.glob("*.pt")):
+        raise UserError(f"{folder} holds checkpoint files but no training_args.json: pick a new --checkpoint_path")
+    return folder
+
+
+def start_point(cfg: TrainConfig, folder: Path) -> tuple[Path | None, bool]:
+    """Where the run starts from: the checkpoint (None: from scratch) and whether it continues the run of
+    ``folder`` exactly."""
     explicit = cfg.resume_checkpoint not in ("", "auto")
     if explicit and Path(cfg.resume_checkpoint).resolve().parent == folder.resolve():
         own = None  # a checkpoint of this folder named explicitly: it alone decides
     else:
         own = _own_checkpoint(folder)
-    if cfg.resume_checkpoint in ("", "auto"):
+    if not explicit:
         if cfg.resume_checkpoint == "auto" and own is None:
             logger.info("--resume_checkpoint auto: no complete checkpoint in %s, starting from scratch", folder)
         return own, own is not None
@@ -164,37 +187,27 @@ def _resolve_resume(cfg: TrainConfig, folder: Path) -> tuple[Path | None, bool]:
     return path, False
 
 
-def plan_run(cfg: TrainConfig, default_folder: str = "") -> RunPlan:
-    """Check everything a run needs and settle its settings; reads files, writes none.
-
-    ``default_folder`` is the folder of a run given no ``--checkpoint_path`` (rank 0's name, the same on
-    every rank); without it the name is made here.
-    """
-    if not cfg.checkpoint_path and not cfg.data_dir:
-        raise UserError("give --data_dir (a folder of train/valid/test.jsonl) for a new run, or --checkpoint_path "
-                        "of a run to continue (see --help)")
-    folder = Path(cfg.checkpoint_path or default_folder or cfg.default_checkpoint_path())
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--checkpoint_path {folder} is a file, not a folder")
+def adopted_settings(cfg: TrainConfig, folder: Path, resume: Path | None, exact: bool) -> TrainConfig:
+    """The run's settings: continuing the folder's run, its ``training_args.json`` (the schedule may change);
+    post-training, the architecture of the source checkpoint's run; else the flags."""
     args_file = folder / "training_args.json"
-    if folder.is_dir() and not args_file.is_file() and any(folder.glob("*.pt")):
-        raise UserError(f"{folder} holds checkpoint files but no training_args.json: pick a new --checkpoint_path")
-    resume, exact = _resolve_resume(cfg, folder)
     if args_file.is_file():  # the folder's own run: the same settings, or a new --checkpoint_path
         saved = TrainConfig.load(args_file)
-        keys = tuple(k for k in saved.field_names() if k not in MUTABLE and k != "vocab_source")
-        _adopt(cfg, saved, keys, args_file, folder,
-               "this folder's run; continue it with the same settings or pick a new --checkpoint_path")
-        for key in SCHEDULE:
-            if key not in cfg.given:
-                setattr(cfg, key, getattr(saved, key))
-    elif resume is not None and not exact:
-        source_args = resume.parent / "training_args.json"
-        if not source_args.is_file():
-            raise UserError(f"{resume.parent} has no training_args.json: cannot tell the model's settings")
-        source = TrainConfig.load(source_args)
-        _adopt(cfg, source, ARCHITECTURE, source_args, resume.parent,
-               "the checkpoint post-training starts from; leave the flag out to take its value")
+        keys = tuple(k for k in saved.field_names() if k not in MUTABLE)
+        cfg = _adopt(cfg, saved, keys, args_file, folder,
+                     "this folder's run; continue it with the same settings or pick a new --checkpoint_path")
+        return dataclasses.replace(cfg, **{key: getattr(saved, key) for key in SCHEDULE if key not in cfg.given})
+    if resume is None or exact:
+        return cfg
+    source_args = resume.parent / "training_args.json"
+    if not source_args.is_file():
+        raise UserError(f"{resume.parent} has no training_args.json: cannot tell the model's settings")
+    return _adopt(cfg, TrainConfig.load(source_args), ARCHITECTURE, source_args, resume.parent,
+                  "the checkpoint post-training starts from; leave the flag out to take its value")
+
+
+def _check_runnable(cfg: TrainConfig, resume: Path | None) -> None:
+    """The settled settings checked against what the run reads: the data, BERT's weights, the start step."""
     if not cfg.data_dir:
         raise UserError("give --data_dir (a folder of train/valid/test.jsonl)")
     cfg.validate()
@@ -205,15 +218,33 @@ def plan_run(cfg: TrainConfig, default_folder: str = "") -> RunPlan:
     if resume is not None and ckpt.parse_step(resume) >= cfg.learning_steps:
         raise UserError(f"{resume} is at step {ckpt.parse_step(resume)}, not below --learning_steps "
                         f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
-    vocab_folder = None
-    for candidate in ([folder] if args_file.is_file() else []) + ([resume.parent] if resume is not None else []):
+
+
+def vocabulary_folder(folder: Path, resume: Path | None) -> Path | None:
+    """The folder the run's vocabulary already lives in: the folder's own run's, else the source checkpoint's;
+    None for a new run (its vocabulary is built)."""
+    continuing = (folder / "training_args.json").is_file()
+    candidates = ([folder] if continuing else []) + ([resume.parent] if resume is not None else [])
+    for candidate in candidates:
         if (candidate / "vocab.txt").is_file() or (candidate / "vocab.json").is_file():
-            vocab_folder = candidate
-            break
-    if vocab_folder is None and (args_file.is_file() or resume is not None):
+            return candidate
+    if candidates:
         raise UserError(f"{(resume.parent if resume is not None else folder)} holds no vocabulary (vocab.txt or "
                         f"vocab.json)")
-    return RunPlan(cfg, folder, resume, exact, vocab_folder)
+    return None
+
+
+def plan_run(cfg: TrainConfig, default_folder: str = "") -> RunPlan:
+    """Check everything a run needs and settle its settings; reads files, writes none.
+
+    ``default_folder`` is the folder of a run given no ``--checkpoint_path`` (rank 0's name, the same on
+    every rank); without it the name is made here.
+    """
+    folder = run_folder(cfg, default_folder)
+    resume, exact = start_point(cfg, folder)
+    settings = adopted_settings(cfg, folder, resume, exact)
+    _check_runnable(settings, resume)
+    return RunPlan(settings.normalised(), folder, resume, exact, vocabulary_folder(folder, resume))
 
 
 def _run_vocab(plan: RunPlan) -> Vocabulary:
@@ -221,7 +252,7 @@ def _run_vocab(plan: RunPlan) -> Vocabulary:
     cfg = plan.cfg
     if plan.vocab_folder is not None:
         vocab = load_vocab_from(plan.vocab_folder)
-        if cfg.vocab_source == "train" and "vocab_size" in cfg.given and vocab.size > cfg.vocab_size:
+        if cfg.vocab == "train" and "vocab_size" in cfg.given and vocab.size > cfg.vocab_size:
             raise UserError(f"--vocab_size {cfg.vocab_size} but the vocabulary in {plan.vocab_folder} has "
                             f"{vocab.size} entries")
         return vocab
@@ -234,33 +265,22 @@ def _run_vocab(plan: RunPlan) -> Vocabulary:
     return build_vocab(cfg.vocab, (), cfg.vocab_size)
 
 
-def _record_settings(cfg: TrainConfig, checkpoint_dir: Path, vocab: Vocabulary) -> EncoderConfig:
-    """Resolve ``cfg`` into what ``training_args.json`` records, in DiffuSeq's meaning of each key.
-
-    The encoder size is written out (and into a BERT ``config.json`` in the folder, which
-    ``config_name`` then names, so DiffuSeq's own tools build the same model offline); ``vocab``
-    is ``bert`` for a WordPiece vocabulary (DiffuSeq reads it from ``config_name``'s folder),
-    with the flag given kept in ``vocab_source``; paths are absolute.
-    """
-    encoder = cfg.encoder_config(checkpoint_dir)
-    cfg.num_layers, cfg.num_heads = encoder.num_layers, encoder.num_heads
-    cfg.hidden_size, cfg.intermediate_size = encoder.hidden_size, encoder.intermediate_size
-    cfg.vocab_size = vocab.size
-    cfg.vocab_source = cfg.vocab_source or cfg.vocab
-    if cfg.vocab_source not in ("bert", "train"):
-        cfg.vocab_source = str(Path(cfg.vocab_source).resolve())
-    cfg.vocab = "bert" if isinstance(vocab, WordPieceVocab) else cfg.vocab_source
-    if cfg.use_plm_init != "bert":
-        cfg.config_name = str(checkpoint_dir.resolve())
-    cfg.checkpoint_path = str(checkpoint_dir)
-    cfg.data_dir = str(Path(cfg.data_dir).resolve())
-    cfg.lr_schedule = cfg.resolved_lr_schedule()
-    return encoder
+def resolved_settings(cfg: TrainConfig, folder: Path, vocab: Vocabulary, encoder: EncoderConfig) -> TrainConfig:
+    """``cfg`` as ``training_args.json`` records it: the ``encoder`` size written out (its BERT ``config.json``
+    goes in ``folder``, which ``config_name`` then names, so DiffuSeq's own tools build the same model offline),
+    the vocabulary's actual size, the learning-rate schedule resolved, and paths absolute."""
+    return dataclasses.replace(
+        cfg, num_layers=encoder.num_layers, num_heads=encoder.num_heads, hidden_size=encoder.hidden_size,
+        intermediate_size=encoder.intermediate_size, vocab_size=vocab.size,
+        vocab=cfg.vocab if cfg.vocab in ("bert", "train") else str(Path(cfg.vocab).resolve()),
+        config_name=cfg.config_name if cfg.use_plm_init == "bert" else str(folder.resolve()),
+        checkpoint_path=str(folder), data_dir=str(Path(cfg.data_dir).resolve()), lr_schedule=cfg.resolved_lr_schedule())
 
 
-def _write_run_files(plan: RunPlan, vocab: Vocabulary, encoder: EncoderConfig) -> None:
-    """The first writes of a run (rank 0): the folder, its vocabulary, ``config.json``, ``training_args.json``."""
-    cfg, folder = plan.cfg, plan.folder
+def _write_run_files(plan: RunPlan, cfg: TrainConfig, vocab: Vocabulary, encoder: EncoderConfig) -> None:
+    """The first writes of a run (rank 0): the folder, its vocabulary, ``config.json``, ``training_args.json``
+    (of the resolved settings ``cfg``)."""
+    folder = plan.folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -271,7 +291,7 @@ def _write_run_files(plan: RunPlan, vocab: Vocabulary, encoder: EncoderConfig) -
         vocab.save(folder)
     ckpt.atomic_write_text(json.dumps(encoder.to_bert_config(vocab.size, cfg.dropout, vocab.pad_id), indent=2)
                            + "\n", folder / "config.json")
-    ckpt.atomic_write_text(cfg.to_json(), folder / "training_args.json")
+    ckpt.atomic_write_text(cfg.to_json(isinstance(vocab, WordPieceVocab)), folder / "training_args.json")
 
 
 def setup_run(cfg: TrainConfig, device: torch.device) -> Trainer:
@@ -281,17 +301,18 @@ def setup_run(cfg: TrainConfig, device: torch.device) -> Trainer:
     default_folder = "" if cfg.checkpoint_path else dist_util.broadcast_object(cfg.default_checkpoint_path())
     plan = plan_run(cfg, default_folder)
     vocab = _run_vocab(plan)
-    encoder = _record_settings(cfg, plan.folder, vocab)
-    trainer = Trainer(cfg, plan.folder, vocab, device, encoder)
+    encoder = plan.cfg.encoder_config(plan.folder)
+    settings = resolved_settings(plan.cfg, plan.folder, vocab, encoder)
+    trainer = Trainer(settings, plan.folder, vocab, device, encoder)
     if plan.resume is not None:
         trainer.load(plan.resume, exact=plan.exact)
-    elif cfg.use_plm_init == "bert":
-        trainer.init_from_bert(bert_weights_folder(cfg.config_name))
+    elif settings.use_plm_init == "bert":
+        trainer.init_from_bert(bert_weights_folder(settings.config_name))
     if dist_util.rank() == 0:
-        _write_run_files(plan, vocab, encoder)
+        _write_run_files(plan, settings, vocab, encoder)
         logger.info("checkpoints go to %s (vocabulary of %d entries); learning rate %g, %s; %.2fM parameters, "
                     "%s; %d process(es), batch %d per process in microbatches of %d", plan.folder, vocab.size,
-                    cfg.lr, cfg.lr_schedule, sum(p.numel() for p in trainer.params) / 1e6, encoder,
+                    settings.lr, settings.lr_schedule, sum(p.numel() for p in trainer.params) / 1e6, encoder,
                     dist_util.world_size(), trainer.stream.local_batch, trainer.microbatch)
     dist_util.barrier()
     return trainer

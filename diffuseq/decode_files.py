@@ -1,5 +1,5 @@
-"""Decoding a split into files: DiffuSeq's ``--step`` rule, its output layout and Bridge-Gap's file names,
-and the one decode -> evaluate pipeline (:func:`run_decode`)."""
+"""Decoding a split into files: DiffuSeq's output layout and Bridge-Gap's file names, and the one
+decode -> evaluate pipeline (:func:`run_decode`)."""
 
 from __future__ import annotations
 
@@ -18,33 +18,11 @@ from .config import DecodeConfig
 from .data import Seq2SeqData, load_split
 from .errors import UserError
 from .fileio import atomic_write_text
-from .metrics.files import score_files
+from .outputs import score_files
 from .model import checkpoints as ckpt
-from .samplers import ReverseSampler
+from .samplers import ReverseSampler, SamplerConfig, create_sampler
 
 logger = logging.getLogger(__name__)
-
-
-def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str, eta: float) -> tuple[str, float]:
-    """Reconcile ``--step`` with the model's T and ``--decode_respacing``; return (respacing, eta).
-
-    ``--step T`` (or none) keeps the respacing. ``--step S < T`` without a respacing is
-    DiffuSeq's DDIM with S steps (eta 0 unless ``--eta`` is given), over S evenly spaced steps
-    ending at t = 0: DiffuSeq's own loop (stride T // S from T - 1) never reaches t = 0.
-    Anything else conflicts and is an error.
-    """
-    if step is None or step == num_train_timesteps:
-        return respacing, eta
-    if step > num_train_timesteps or step < 1:
-        raise UserError(f"--step {step} is outside the model's 1..{num_train_timesteps} diffusion steps")
-    if respacing:
-        raise UserError(f"--step {step} conflicts with --decode_respacing {respacing!r}: the model has "
-                        f"T = {num_train_timesteps}; pass --step {num_train_timesteps} with a respacing, "
-                        f"or --step S alone for DiffuSeq's S-step DDIM")
-    eta = max(eta, 0.0)
-    logger.info("--step %d < T = %d: DDIM (eta %g) over %d evenly spaced steps ending at t = 0, as DiffuSeq "
-                "(whose own stride loop never reaches t = 0)", step, num_train_timesteps, eta, step)
-    return str(step), eta
 
 
 def samples_dir(out_dir: Path, model_path: Path) -> Path:
@@ -118,13 +96,14 @@ class DecodeRun:
     notes: list[str] = field(default_factory=list)  # the evaluation's notes (e.g. pairs cut to seq_len)
 
 
-def plan_output(config: DecodeConfig, api: Seq2SeqDiffusion, respacing: str, eta: float) -> tuple[Path, str]:
-    """The folder and the name (after ``seed<S>_``) of a decode's files."""
+def plan_output(config: DecodeConfig, sampling: SamplerConfig) -> tuple[Path, str]:
+    """The folder and the name (after ``seed<S>_``) of a decode's files: the flags as given, and the eta of
+    ``sampling`` (what they map to) where ``--step`` changed it."""
     extras = {"sampler": config.sampler if config.sampler not in ("", "ddpm", "ddim") else None,
               "clampstep": config.clamp_step or None, "clip": config.clip_denoised or None,
-              "sigmasmall": config.sigma_small or None, "ddimeta": eta if eta != config.eta else None,
+              "sigmasmall": config.sigma_small or None, "ddimeta": sampling.eta if sampling.eta != config.eta else None,
               "dtype": config.dtype if config.dtype != "fp32" else None, "first": config.max_examples}
-    name = output_name(config.step if config.step is not None else api.num_timesteps, config.eta,
+    name = output_name(config.step if config.step is not None else sampling.num_train_timesteps, config.eta,
                        config.decode_respacing, config.split, config.top_p,
                        {k: v for k, v in extras.items() if v is not None})
     return samples_dir(Path(config.out_dir), Path(config.model_path)), name
@@ -143,20 +122,19 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
         raise UserError(f"--out_dir {out_root} is a file, not a folder")
     api = api or Seq2SeqDiffusion.from_checkpoint(config.model_path, dist_util.current_device(), config.dtype,
                                                   config.compile)
-    respacing, eta = check_step_flag(config.step, api.num_timesteps, config.decode_respacing, config.eta)
-    sampler = api.sampler(respacing, eta, config.clamp_step, config.top_p, config.clip_denoised, config.sigma_small,
-                          config.sampler or ("ddim" if eta >= 0 else ""))
+    sampling = config.sampling(api.num_timesteps, api.config.noise_schedule)
+    sampler = create_sampler(sampling)
     data_dir = Path(config.data_dir or api.config.data_dir)
     data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples,
                       cache=config.data_cache)
-    out_dir, name = plan_output(config, api, respacing, eta)
+    out_dir, name = plan_output(config, sampling)
     if dist_util.rank() == 0:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create output folder {out_dir}: {err.strerror}") from None
         logger.info("decoding %d %s examples with %d denoising steps (respacing %r, %s, %s) on %d process(es) -> %s",
-                    len(data), config.split, sampler.num_steps, respacing or "all", sampler.name.upper(),
+                    len(data), config.split, sampler.num_steps, sampling.respacing or "all", sampler.name.upper(),
                     config.dtype, dist_util.world_size(), out_dir)
     settings = {"split": config.split, "data_dir": str(data_dir.resolve()), "max_examples": config.max_examples,
                 "dtype": config.dtype}

@@ -1,10 +1,12 @@
-"""The decoding configuration: one dataclass for every decode setting, its command line, and the copy
-saved in each decode's meta file (``DecodeConfig.load`` reads it back)."""
+"""The decoding configuration: one dataclass for every decode setting, its command line, the copy saved in
+each decode's meta file (``DecodeConfig.load`` reads it back), and the one mapping of its flags to the
+reverse process (``DecodeConfig.sampling``, with DiffuSeq's ``--step`` rule)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,9 +14,12 @@ from typing import Any, Sequence
 from .cli import build_parser, option, take_local_rank
 from ..data.pairs import SPLITS
 from ..errors import UserError
+from ..runtime import PRECISIONS
 from ..samplers import SAMPLERS, SamplerConfig
 
-DTYPES = ("fp32", "bf16", "fp16")
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 105  # DiffuSeq's decoding seed (--seed2), also the API's
 # Bridge-Gap's decoding flags for its rounding experiments: accepted at their defaults only
 BRIDGE_GAP_ONLY = {"top_k": 0, "top_l": 0.0, "tau": 1.0, "noised_l": 0.0, "scale_end": "", "clamp_skip": -1, "p_d": ""}
 _BRIDGE_GAP_HELP = "Bridge-Gap's rounding experiment; only its default is supported"
@@ -36,7 +41,7 @@ class DecodeConfig:
     clip_denoised: bool = option(False, "clip the x_0 prediction to [-1, 1] (DiffuSeq's flag)")
     sigma_small: bool = option(False, "DDPM noise with the posterior variance instead of DiffuSeq's fixed-large one")
     batch_size: int = option(16, "examples per batch (the text does not depend on it)")
-    seed2: int = option(105, "decoding seed (DiffuSeq's default 105)")
+    seed2: int = option(DEFAULT_SEED, "decoding seed (DiffuSeq's default 105)")
     seeds: str = option("", "comma-separated seeds (overrides --seed2); the model is loaded once")
     split: str = option("valid", "the data split to decode (DiffuSeq's default: valid)", choices=SPLITS)
     out_dir: str = option("generation_outputs", "outputs go to OUT_DIR/<checkpoint folder>/<checkpoint>.samples/")
@@ -45,7 +50,7 @@ class DecodeConfig:
     data_cache: str = option("", "folder of the tokenized data cache (default: <data_dir>/.diffuseq_cache, or "
                                  "~/.cache/diffuseq/ when the data folder is read-only); 'none': tokenize in memory")
     dtype: str = option("fp32", "autocast dtype of the network (fp16 runs on a CPU too, slowly); nearest-word "
-                                "distances are float32 whatever it is", choices=DTYPES)
+                                "distances are float32 whatever it is", choices=PRECISIONS)
     tf32: bool = option(True, "on CUDA with --dtype fp32: the network's matmuls in TF32 (as torch 1.9, which the "
                               "paper used); false: full float32. No effect on a CPU")
     compile: bool = option(False, "torch.compile the network (the first batch takes longer while it compiles)")
@@ -84,10 +89,17 @@ class DecodeConfig:
             raise UserError("--output goes with --input (a file of source lines)")
         if self.input and self.evaluate:
             raise UserError("--evaluate needs references: decode a split, not --input")
-        SamplerConfig(eta=self.eta, clamp_step=self.clamp_step, top_p=self.top_p, sampler=self.sampler).check()
-        if self.sampler == "ddim" and self.eta == -1:
-            self.eta = 0.0  # DDIM with eta 0, named as a decode given --eta 0
+        # --sampler ddim alone is DDIM with eta 0: named (file names, meta) as a decode given --eta 0
+        self.eta = SamplerConfig(eta=self.eta, clamp_step=self.clamp_step, top_p=self.top_p,
+                                 sampler=self.sampler).resolve().eta
         self.seed_list()
+
+    def sampling(self, num_train_timesteps: int, noise_schedule: str) -> SamplerConfig:
+        """The reverse process these flags name for a model of ``num_train_timesteps`` steps (T) and
+        ``noise_schedule``: ``--step`` reconciled with T (:func:`check_step_flag`), the sampler resolved."""
+        respacing, eta = check_step_flag(self.step, num_train_timesteps, self.decode_respacing, self.eta)
+        return SamplerConfig(num_train_timesteps, noise_schedule, respacing, eta, self.clamp_step,
+                             self.clip_denoised, self.top_p, self.sigma_small, self.sampler).resolve()
 
     def seed_list(self) -> list[int]:
         """``--seeds`` as integers (distinct, in 0..2**32-1 as numpy's seeds), else ``[--seed2]``."""
@@ -121,6 +133,28 @@ class DecodeConfig:
             return cls.from_dict(json.loads(Path(meta_file).read_text())["config"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{meta_file} holds no decode configuration ({err})") from None
+
+
+def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str, eta: float) -> tuple[str, float]:
+    """Reconcile ``--step`` with the model's T and ``--decode_respacing``; return (respacing, eta).
+
+    ``--step T`` (or none) keeps the respacing. ``--step S < T`` without a respacing is
+    DiffuSeq's DDIM with S steps (eta 0 unless ``--eta`` is given), over S evenly spaced steps
+    ending at t = 0: DiffuSeq's own loop (stride T // S from T - 1) never reaches t = 0.
+    Anything else conflicts and is an error.
+    """
+    if step is None or step == num_train_timesteps:
+        return respacing, eta
+    if step > num_train_timesteps or step < 1:
+        raise UserError(f"--step {step} is outside the model's 1..{num_train_timesteps} diffusion steps")
+    if respacing:
+        raise UserError(f"--step {step} conflicts with --decode_respacing {respacing!r}: the model has "
+                        f"T = {num_train_timesteps}; pass --step {num_train_timesteps} with a respacing, "
+                        f"or --step S alone for DiffuSeq's S-step DDIM")
+    eta = max(eta, 0.0)
+    logger.info("--step %d < T = %d: DDIM (eta %g) over %d evenly spaced steps ending at t = 0, as DiffuSeq "
+                "(whose own stride loop never reaches t = 0)", step, num_train_timesteps, eta, step)
+    return str(step), eta
 
 
 def parse_decode_args(argv: Sequence[str]) -> DecodeConfig:

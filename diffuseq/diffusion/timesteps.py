@@ -1,7 +1,8 @@
-"""Timestep sampling for training: ``uniform``, ``lossaware`` (importance sampling) and ``fixstep``.
+"""Timestep distributions for training: ``uniform``, ``lossaware`` (importance sampling) and ``fixstep``.
 
-A sampler draws t for a batch and returns importance weights 1 / (T p_t) so
-that the weighted loss stays an unbiased estimate of the uniform one.
+A distribution draws t for a batch and returns importance weights 1 / (T p_t) so
+that the weighted loss stays an unbiased estimate of the uniform one. ``--schedule_sampler``
+names one of ``TIMESTEP_DISTRIBUTIONS``.
 
 Drawing and recording never synchronise the host with an accelerator: t is
 drawn on the device it is used on, and the loss-aware history lives there too.
@@ -14,13 +15,11 @@ import torch.distributed as dist
 
 from ..errors import UserError
 
-TIMESTEP_SAMPLERS = ("uniform", "lossaware", "fixstep")
-
-# what ``TimestepSampler.snapshot`` returns: opaque, only to be handed back to ``restore``
+# what ``TimestepDistribution.snapshot`` returns: opaque, only to be handed back to ``restore``
 Snapshot = tuple[torch.Tensor, torch.Tensor] | None
 
 
-class TimestepSampler:
+class TimestepDistribution:
     """Base class: a fixed distribution over the T timesteps."""
 
     def __init__(self, num_timesteps: int) -> None:
@@ -51,19 +50,19 @@ class TimestepSampler:
         return t, weights.float()
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record the losses of this rank's examples (a no-op for fixed samplers)."""
+        """Record the losses of this rank's examples (a no-op for fixed distributions)."""
 
     def snapshot(self) -> Snapshot:
         """The recorded state, to ``restore`` if the losses recorded after it must be forgotten.
 
         The training loop takes one at the start of each optimizer step and restores it when
         the step is skipped for a non-finite gradient, so a skipped step's losses never enter
-        the history. None for samplers that record nothing.
+        the history. None for distributions that record nothing.
         """
         return None
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Return to the state of ``snapshot`` (from ``snapshot()`` of this sampler); the snapshot stays valid."""
+        """Return to the state of ``snapshot`` (from ``snapshot()`` of this distribution); the snapshot stays valid."""
 
     def state_dict(self) -> dict:
         """The recorded state as CPU tensors (checkpoints are read with ``weights_only=True``)."""
@@ -73,11 +72,11 @@ class TimestepSampler:
         """Restore what ``state_dict`` saved."""
 
 
-class UniformTimesteps(TimestepSampler):
+class UniformTimesteps(TimestepDistribution):
     """Every timestep equally likely."""
 
 
-class FixStepTimesteps(TimestepSampler):
+class FixStepTimesteps(TimestepDistribution):
     """DiffuSeq's ``fixstep``: weight 1 on the first half of the timesteps, 0.5 on the second half."""
 
     def weights(self) -> torch.Tensor:
@@ -86,7 +85,7 @@ class FixStepTimesteps(TimestepSampler):
                           torch.full((half,), 0.5, dtype=torch.float64)])
 
 
-class LossAwareTimesteps(TimestepSampler):
+class LossAwareTimesteps(TimestepDistribution):
     """p_t proportional to sqrt(E[loss_t^2]) over the last ``history`` losses of t.
 
     Uniform until every timestep has ``history`` losses; then mixed with
@@ -174,7 +173,7 @@ class LossAwareTimesteps(TimestepSampler):
         self.loss_counts.copy_(total.clamp(max=size))
 
     def snapshot(self) -> Snapshot:
-        """Clones of the history and counts, on their device (see ``TimestepSampler.snapshot``)."""
+        """Clones of the history and counts, on their device (see ``TimestepDistribution.snapshot``)."""
         return self.loss_history.clone(), self.loss_counts.clone()
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -194,12 +193,17 @@ class LossAwareTimesteps(TimestepSampler):
             self.loss_counts.copy_(state["loss_counts"])
 
 
-def create_timestep_sampler(name: str, num_timesteps: int) -> TimestepSampler:
-    """The sampler called ``name`` (``uniform``, ``lossaware`` or ``fixstep``)."""
-    if name == "uniform":
-        return UniformTimesteps(num_timesteps)
-    if name in ("lossaware", "loss-second-moment"):
-        return LossAwareTimesteps(num_timesteps)
-    if name == "fixstep":
-        return FixStepTimesteps(num_timesteps)
-    raise UserError(f"unknown --schedule_sampler {name!r}; choose one of {', '.join(TIMESTEP_SAMPLERS)}")
+TIMESTEP_DISTRIBUTIONS: dict[str, type[TimestepDistribution]] = {
+    "uniform": UniformTimesteps, "lossaware": LossAwareTimesteps, "fixstep": FixStepTimesteps}
+
+
+def check_timestep_distribution(name: str) -> None:
+    """Raise a UserError unless ``name`` is one of ``TIMESTEP_DISTRIBUTIONS``."""
+    if name not in TIMESTEP_DISTRIBUTIONS:
+        raise UserError(f"unknown --schedule_sampler {name!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
+
+
+def create_timestep_distribution(name: str, num_timesteps: int) -> TimestepDistribution:
+    """The distribution ``--schedule_sampler name`` selects, over ``num_timesteps`` steps."""
+    check_timestep_distribution(name)
+    return TIMESTEP_DISTRIBUTIONS[name](num_timesteps)
