@@ -119,7 +119,7 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
     """
     out_root = Path(config.out_dir)
     if out_root.exists() and not out_root.is_dir():
-        raise UserError(f"--out_dir {out_root} is a file, not a folder")
+        raise UserError(f"`out_dir` {out_root} is a file, not a folder")
     api = api or Seq2SeqDiffusion.from_checkpoint(config.model_path, dist_util.current_device(), config.dtype,
                                                   config.compile)
     sampling = config.sampling(api.num_timesteps, api.config.noise_schedule)

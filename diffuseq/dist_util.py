@@ -41,7 +41,7 @@ def setup() -> torch.device:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
         if local_rank >= gpus or local_world > gpus:
             raise UserError(f"{max(local_world, local_rank + 1)} processes on this node but {gpus} GPU(s) visible: "
-                            f"launch with --nproc_per_node {gpus} (or fewer), or make more GPUs visible "
+                            f"launch with `nproc_per_node` {gpus} (or fewer), or make more GPUs visible "
                             f"(CUDA_VISIBLE_DEVICES)")
         torch.cuda.set_device(local_rank)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():

@@ -29,7 +29,7 @@ def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig
     """The training config, vocabulary and model of a checkpoint file (ours or DiffuSeq's)."""
     parse_step(model_path)
     if not model_path.is_file():
-        raise UserError(f"--model_path {model_path} does not exist")
+        raise UserError(f"`model_path` {model_path} does not exist")
     folder = model_path.parent
     cfg = TrainConfig.load(folder / "training_args.json")
     if any((folder / name).is_file() for name in ("vocab.txt", "vocab.json")):

@@ -55,7 +55,7 @@ def decode_lock(out_dir: Path, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"another decode with the same settings is writing into {out_dir} now; wait for it "
-                            f"or use another --out_dir") from None
+                            f"or use another `out_dir`") from None
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -75,9 +75,9 @@ def start_meta(out_dir: Path, name: str, info: dict[str, Any]) -> dict[str, Any]
     if old is not None:
         if old.get("checkpoint", {}).get("sha256") != info["checkpoint"]["sha256"]:
             raise UserError(f"{path} describes decodes of another checkpoint ({old.get('checkpoint', {}).get('path')}); "
-                            f"use another --out_dir")
+                            f"use another `out_dir`")
         if old.get("settings") != info["settings"]:
-            raise UserError(f"{path} describes a decode with other settings; use another --out_dir")
+            raise UserError(f"{path} describes a decode with other settings; use another `out_dir`")
         for seed, entry in old.get("seeds", {}).items():
             file = Path(out_dir) / entry.get("file", "")
             if file.is_file() and sha256_file(file) == entry.get("sha256"):
@@ -129,8 +129,8 @@ def check_outputs(files: list[Path], allow_mixed: bool = False) -> dict[str, lis
         groups.setdefault(owner, []).append(Path(file))
     if len(groups) > 1 and not allow_mixed:
         names = ", ".join(sorted(k or "files no decode describes" for k in groups))
-        raise UserError(f"the files come from {len(groups)} different decodes ({names}); select one with --pattern "
-                        f"or pass --allow_mixed")
+        raise UserError(f"the files come from {len(groups)} different decodes ({names}); select one with `pattern` "
+                        f"or pass `allow_mixed`")
     return groups
 
 
@@ -147,7 +147,7 @@ def find_files(folder: str, pattern: str) -> list[str]:
     What the decoder writes beside the outputs (``*.meta.json``, ``*.eval.json``) is skipped.
     """
     if not os.path.isdir(folder):
-        raise UserError(f"--folder {folder}: no such folder")
+        raise UserError(f"`folder` {folder}: no such folder")
     files = _matching(folder, pattern)
     if not files:
         raise UserError(f"no files matching {pattern!r} in {folder}")
@@ -160,7 +160,7 @@ def find_decode_folders(root: str, pattern: str) -> list[Path]:
     an output root such as ``generation_outputs`` holds its decodes two folders down). A ``UserError`` naming
     the layout when there are none."""
     if not os.path.isdir(root):
-        raise UserError(f"--folder {root}: no such folder")
+        raise UserError(f"`folder` {root}: no such folder")
     if _matching(root, pattern):
         return [Path(root)]
     below = sorted({p for p in Path(root).rglob("*.samples") if p.is_dir()}
@@ -171,7 +171,7 @@ def find_decode_folders(root: str, pattern: str) -> list[Path]:
         raise UserError(f"no files matching {pattern!r} in {root}, nor in a decode folder below it (a *.samples "
                         f"folder, or one holding a decode_*{META_SUFFIX}){empty}; sample_seq2seq.py writes a decode "
                         f"to <out_dir>/<checkpoint folder>/<checkpoint file>.samples/: pass that folder or its "
-                        f"--out_dir")
+                        f"`out_dir`")
     return found
 
 

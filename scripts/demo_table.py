@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from diffuseq import metrics
-from diffuseq.errors import run_cli
+from diffuseq.commands import run_cli
 from diffuseq.report import add_speedups, format_table, load_row, samples_of
 
 

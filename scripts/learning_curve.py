@@ -46,7 +46,8 @@ from diffuseq import DecodeConfig, Seq2SeqDiffusion, metrics
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from compare_original import cpu_name  # noqa: E402  (the benchmarks' CPU name)
 from diffuseq.decode_files import run_decode
-from diffuseq.errors import UserError, run_cli
+from diffuseq.commands import run_cli
+from diffuseq.errors import UserError
 from diffuseq.fileio import atomic_write_text, read_jsonl
 from diffuseq.model import checkpoints as ckpt
 from diffuseq.runtime import PRECISIONS

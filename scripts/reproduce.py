@@ -26,7 +26,8 @@ import torch
 
 from diffuseq import DecodeConfig, Seq2SeqDiffusion
 from diffuseq.decode_files import run_decode
-from diffuseq.errors import UserError, run_cli
+from diffuseq.commands import run_cli
+from diffuseq.errors import UserError
 from diffuseq.fileio import atomic_write_text
 from diffuseq.model import checkpoints as ckpt
 from diffuseq.report import Row, add_speedups, format_table, load_row, samples_of

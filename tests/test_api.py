@@ -17,7 +17,7 @@ from diffuseq.decode_files import run_decode
 from diffuseq.errors import UserError
 from diffuseq.samplers import SamplerConfig, sampler_from_config
 from diffuseq.training.setup import train
-from helpers import ROOT, make_toy_dataset, run_script, tiny_args
+from helpers import ROOT, assert_clean_error, make_toy_dataset, run_script, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,15 @@ def test_the_readme_api_example_runs_as_written(checkpoint):
     assert namespace["texts"] and all(isinstance(t, str) for t in namespace["texts"])
     assert len(namespace["steps"]) == 4
     assert len(namespace["per_seed"]) == 2
+
+
+def test_library_errors_name_settings_and_the_command_line_names_flags(tmp_path):
+    """A library user reads the setting's Python name; the command line shows the flag a user types."""
+    from diffuseq.commands import command_line_wording
+
+    with pytest.raises(UserError) as err:
+        SamplerConfig(eta=2.0).resolve()
+    assert str(err.value) == "`eta` must be -1 (DDPM) or in [0, 1] (DDIM), got 2.0"
+    assert command_line_wording(str(err.value)) == "--eta must be -1 (DDPM) or in [0, 1] (DDIM), got 2.0"
+    result = run_script("sample_seq2seq.py", ["--model_path", str(tmp_path / "model000010.pt"), "--eta", "2"])
+    assert_clean_error(result, "--eta must be -1 (DDPM) or in [0, 1] (DDIM), got 2.0")

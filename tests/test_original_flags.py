@@ -35,7 +35,7 @@ def test_use_fp16_reads_as_precision_fp16_in_a_frozen_config(toy, tmp_path):
     assert (cfg.use_fp16, cfg.precision) == (True, "fp16")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.precision = "fp32"
-    with pytest.raises(UserError, match="--use_fp16 .fp16. contradicts --precision bf16"):
+    with pytest.raises(UserError, match="`use_fp16` .fp16. contradicts `precision` bf16"):
         parse_train_args(tiny_args(toy, tmp_path / "a", precision="bf16") + ["--use_fp16"])
 
 
@@ -155,6 +155,6 @@ def test_use_plm_init_bert_without_weights_or_with_the_wrong_size_is_a_clear_err
     _fake_bert(tmp_path / "bert", 4 + len(WORDS))
     words = tmp_path / "words.txt"
     words.write_text("\n".join(WORDS) + "\n")
-    with pytest.raises(UserError, match="needs --hidden_dim equal to BERT's hidden size"):
+    with pytest.raises(UserError, match="needs `hidden_dim` equal to BERT's hidden size"):
         train(parse_train_args(tiny_args(toy, tmp_path / "b", vocab=words, use_plm_init="bert",
                                          config_name=tmp_path / "bert", hidden_dim=16)))

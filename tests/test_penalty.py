@@ -27,14 +27,14 @@ def test_bad_penalty_settings():
         DistancePenalty.create("l2_noise_random", 2.0, diffusion)
     with pytest.raises(UserError, match="kl penalty needs a weight >= 0"):
         DistancePenalty.create("kl", -2.0, diffusion)
-    with pytest.raises(UserError, match=r"--simi_step must be in 1\.\.49 \(below the model's T = 50\), got 50"):
+    with pytest.raises(UserError, match=r"`simi_step` must be in 1\.\.49 \(below the model's T = 50\), got 50"):
         DistancePenalty.create("l2", -2.0, diffusion, simi_step=50)
-    with pytest.raises(UserError, match="--simi_noise must be a finite number > 0"):
+    with pytest.raises(UserError, match="`simi_noise` must be a finite number > 0"):
         DistancePenalty.create("l2_noise", -2.0, diffusion, simi_noise=float("inf"))
-    with pytest.raises(UserError, match="--simi_lambda must be a finite number"):
+    with pytest.raises(UserError, match="`simi_lambda` must be a finite number"):
         DistancePenalty.create("cosine", float("nan"), diffusion)
     for kind in ("l3", ""):
-        with pytest.raises(UserError, match="unknown --simi_penalty"):
+        with pytest.raises(UserError, match="unknown `simi_penalty`"):
             DistancePenalty.create(kind, -2.0, diffusion)
 
 

@@ -98,9 +98,9 @@ def test_the_config_resolves_diffuseqs_eta_rule_once_and_refuses_contradictions(
     assert SamplerConfig(100, sampler="ddim").resolve().eta == 0.0  # DDIM without an eta: eta 0
     assert create_sampler(SamplerConfig(100, eta=0.5)).name == "ddim"
     assert create_sampler(SamplerConfig(100, sampler="ddim")).config.eta == 0.0
-    with pytest.raises(UserError, match="takes no --eta"):
+    with pytest.raises(UserError, match="takes no `eta`"):
         create_sampler(SamplerConfig(100, eta=0.0, sampler="ddpm"))
-    with pytest.raises(UserError, match="--sampler dpm\\+\\+ takes no --eta"):
+    with pytest.raises(UserError, match="`sampler` dpm\\+\\+ takes no `eta`"):
         create_sampler(SamplerConfig(100, eta=0.3, sampler="dpm++"))
 
 

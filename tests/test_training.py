@@ -130,7 +130,7 @@ def test_bad_data_inputs(toy, tmp_path):
 
 
 def test_bad_flags(toy, tmp_path):
-    with pytest.raises(UserError, match="--seq_len must be in 7..512"):
+    with pytest.raises(UserError, match="`seq_len` must be in 7..512"):
         _bad(tmp_path, toy, seq_len=5)
     with pytest.raises(UserError, match="invalid choice"):
         _bad(tmp_path, toy, noise_schedule="quadratic")
@@ -152,9 +152,9 @@ def test_bad_resume_checkpoints(toy, tmp_path):
     (broken / "model000010.pt").write_bytes((base / "model000010.pt").read_bytes()[:500])
     with pytest.raises(UserError, match="cannot read checkpoint"):
         train(_bad(tmp_path / "b", toy, resume_checkpoint=broken / "model000010.pt", learning_steps=30))
-    with pytest.raises(UserError, match="--hidden_dim gives 8 but .* says 16"):
+    with pytest.raises(UserError, match="`hidden_dim` gives 8 but .* says 16"):
         train(_bad(tmp_path / "c", toy, resume_checkpoint=base / "model000010.pt", learning_steps=30, hidden_dim=8))
-    with pytest.raises(UserError, match="--seq_len gives 20 but .* says 16"):
+    with pytest.raises(UserError, match="`seq_len` gives 20 but .* says 16"):
         train(_bad(tmp_path / "d", toy, resume_checkpoint=base / "model000010.pt", learning_steps=30, seq_len=20))
     other_vocab = tmp_path / "othervocab"
     other_vocab.mkdir()

@@ -18,7 +18,8 @@ from .. import dist_util
 from ..api import Seq2SeqDiffusion
 from ..config import DecodeConfig, parse_decode_args
 from ..decode_files import run_decode
-from ..errors import UserError, run_cli
+from ..errors import UserError
+from . import run_cli
 from ..fileio import atomic_write_text
 from ..report import format_scores
 from ..runtime import start_command, use_tf32_on

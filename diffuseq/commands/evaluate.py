@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..config.cli import CliArgumentParser
-from ..errors import UserError, run_cli
+from ..errors import UserError
+from . import run_cli
 from ..fileio import atomic_write_text
 from ..metrics import SpecialTokens, check_bertscore
 from ..outputs import META_SUFFIX, find_decode_folders, find_files, score_files

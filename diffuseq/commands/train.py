@@ -14,7 +14,7 @@ import logging
 import sys
 
 from ..config import parse_train_args
-from ..errors import run_cli
+from . import run_cli
 from ..runtime import start_command
 
 

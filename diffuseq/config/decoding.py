@@ -72,23 +72,23 @@ class DecodeConfig:
     def validate(self) -> None:
         """Reject settings that cannot work, with one clear message."""
         if not self.model_path:
-            raise UserError("--model_path is required (a modelNNNNNN.pt or ema_<rate>_NNNNNN.pt)")
+            raise UserError("`model_path` is required (a modelNNNNNN.pt or ema_<rate>_NNNNNN.pt)")
         for name, default in BRIDGE_GAP_ONLY.items():
             if getattr(self, name) != default:
-                raise UserError(f"--{name} {getattr(self, name)!r} is not supported: it drives Bridge-Gap's "
+                raise UserError(f"`{name}` {getattr(self, name)!r} is not supported: it drives Bridge-Gap's "
                                 f"experimental sampling among nearest embeddings, not used in the paper's results; "
                                 f"leave it at {default!r}")
         if self.batch_size < 1:
-            raise UserError("--batch_size must be positive")
+            raise UserError("`batch_size` must be positive")
         if self.max_examples is not None and self.max_examples < 1:
-            raise UserError(f"--max_examples must be positive, got {self.max_examples}")
+            raise UserError(f"`max_examples` must be positive, got {self.max_examples}")
         if self.raw_tokens and not self.input:
-            raise UserError("--raw_tokens goes with --input (the jsonl files of a split keep DiffuSeq's raw recover "
+            raise UserError("`raw_tokens` goes with `input` (the jsonl files of a split keep DiffuSeq's raw recover "
                             "field)")
         if self.output and not self.input:
-            raise UserError("--output goes with --input (a file of source lines)")
+            raise UserError("`output` goes with `input` (a file of source lines)")
         if self.input and self.evaluate:
-            raise UserError("--evaluate needs references: decode a split, not --input")
+            raise UserError("`evaluate` needs references: decode a split, not `input`")
         # --sampler ddim alone is DDIM with eta 0: named (file names, meta) as a decode given --eta 0
         self.eta = SamplerConfig(eta=self.eta, clamp_step=self.clamp_step, top_p=self.top_p,
                                  sampler=self.sampler).resolve().eta
@@ -109,10 +109,10 @@ class DecodeConfig:
             try:
                 seeds = [int(s) for s in self.seeds.split(",")]
             except ValueError:
-                raise UserError(f"--seeds must be comma-separated integers, e.g. 10,11,12; got {self.seeds!r}") \
+                raise UserError(f"`seeds` must be comma-separated integers, e.g. 10,11,12; got {self.seeds!r}") \
                     from None
             if len(set(seeds)) < len(seeds):
-                raise UserError(f"--seeds names a seed twice: {self.seeds!r}")
+                raise UserError(f"`seeds` names a seed twice: {self.seeds!r}")
         for seed in seeds:
             if not 0 <= seed < 2**32:
                 raise UserError(f"decoding seeds must be in 0..{2**32 - 1}, got {seed}")
@@ -146,11 +146,11 @@ def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str, 
     if step is None or step == num_train_timesteps:
         return respacing, eta
     if step > num_train_timesteps or step < 1:
-        raise UserError(f"--step {step} is outside the model's 1..{num_train_timesteps} diffusion steps")
+        raise UserError(f"`step` {step} is outside the model's 1..{num_train_timesteps} diffusion steps")
     if respacing:
-        raise UserError(f"--step {step} conflicts with --decode_respacing {respacing!r}: the model has "
-                        f"T = {num_train_timesteps}; pass --step {num_train_timesteps} with a respacing, "
-                        f"or --step S alone for DiffuSeq's S-step DDIM")
+        raise UserError(f"`step` {step} conflicts with `decode_respacing` {respacing!r}: the model has "
+                        f"T = {num_train_timesteps}; pass `step` {num_train_timesteps} with a respacing, "
+                        f"or `step` S alone for DiffuSeq's S-step DDIM")
     eta = max(eta, 0.0)
     logger.info("--step %d < T = %d: DDIM (eta %g) over %d evenly spaced steps ending at t = 0, as DiffuSeq "
                 "(whose own stride loop never reaches t = 0)", step, num_train_timesteps, eta, step)

@@ -132,35 +132,35 @@ class TrainConfig:
         """Reject settings that cannot work, with one clear message."""
         for name, (value, why) in FIXED_SETTINGS.items():
             if getattr(self, name) != value:
-                raise UserError(f"--{name} {getattr(self, name)} is not supported: {why}")
+                raise UserError(f"`{name}` {getattr(self, name)} is not supported: {why}")
         if self.use_fp16 and self.precision not in ("fp32", "fp16"):
-            raise UserError(f"--use_fp16 (fp16) contradicts --precision {self.precision}")
+            raise UserError(f"`use_fp16` (fp16) contradicts `precision` {self.precision}")
         if self.diffusion_steps < 2:
-            raise UserError(f"--diff_steps must be at least 2, got {self.diffusion_steps}")
+            raise UserError(f"`diffusion_steps` must be at least 2, got {self.diffusion_steps}")
         if self.noise_schedule not in NOISE_SCHEDULES:
-            raise UserError(f"unknown --noise_schedule {self.noise_schedule!r}; choose one of "
+            raise UserError(f"unknown `noise_schedule` {self.noise_schedule!r}; choose one of "
                             f"{', '.join(NOISE_SCHEDULES)}")
         check_timestep_distribution(self.schedule_sampler)
         for name in ("batch_size", "learning_steps", "save_interval", "log_interval", "hidden_dim", "hidden_t_dim",
                      "seq_len", "vocab_size", "max_bad_steps"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
+                raise UserError(f"`{name}` must be positive, got {getattr(self, name)}")
         if self.microbatch == 0 or self.microbatch < -1:
-            raise UserError(f"--microbatch must be positive (or -1 for the whole batch), got {self.microbatch}")
+            raise UserError(f"`microbatch` must be positive (or -1 for the whole batch), got {self.microbatch}")
         if not 0 <= self.lr < float("inf"):
-            raise UserError(f"--lr must be a finite non-negative number, got {self.lr}")
+            raise UserError(f"`lr` must be a finite non-negative number, got {self.lr}")
         if not 0 <= self.weight_decay < float("inf"):
-            raise UserError(f"--weight_decay must be a finite number >= 0, got {self.weight_decay}")
+            raise UserError(f"`weight_decay` must be a finite number >= 0, got {self.weight_decay}")
         if math.isnan(self.gradient_clipping) or self.gradient_clipping == float("inf"):
-            raise UserError(f"--gradient_clipping must be a finite number (<= 0: off), got {self.gradient_clipping}")
+            raise UserError(f"`gradient_clipping` must be a finite number (<= 0: off), got {self.gradient_clipping}")
         if not MIN_SEQ_LEN <= self.seq_len <= MAX_SEQ_LEN:
-            raise UserError(f"--seq_len must be in {MIN_SEQ_LEN}..{MAX_SEQ_LEN} (one token of source and of target "
+            raise UserError(f"`seq_len` must be in {MIN_SEQ_LEN}..{MAX_SEQ_LEN} (one token of source and of target "
                             f"with their start/end tokens and the [SEP], at most the encoder's positions), "
                             f"got {self.seq_len}")
         check_penalty_settings(self.simi_penalty, self.simi_lambda, self.simi_step, self.simi_noise,
                                self.diffusion_steps)
         if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"`dropout` must be in [0, 1), got {self.dropout}")
         self.ema_rates()
         self.encoder_config()
 
@@ -184,9 +184,9 @@ class TrainConfig:
             except ValueError:
                 ok = False
             if not ok:
-                raise UserError(f"--ema_rate must be comma-separated numbers in [0, 1), got {self.ema_rate!r}")
+                raise UserError(f"`ema_rate` must be comma-separated numbers in [0, 1), got {self.ema_rate!r}")
         if len({float(rate) for rate in rates}) < len(rates):
-            raise UserError(f"--ema_rate names a rate twice: {self.ema_rate!r}")
+            raise UserError(f"`ema_rate` names a rate twice: {self.ema_rate!r}")
         return rates
 
     def encoder_config(self, folder: Path | None = None) -> EncoderConfig:
@@ -203,7 +203,7 @@ class TrainConfig:
         elif folder is not None and (Path(folder) / "config.json").is_file():
             base = EncoderConfig.from_bert_config(Path(folder) / "config.json")
         else:
-            raise UserError(f"--config_name {self.config_name!r} is neither bert-base-uncased nor a BERT config.json")
+            raise UserError(f"`config_name` {self.config_name!r} is neither bert-base-uncased nor a BERT config.json")
         overrides = {name: getattr(self, name) for name in ("num_layers", "num_heads", "hidden_size",
                                                             "intermediate_size") if getattr(self, name) is not None}
         return dataclasses.replace(base, **overrides)
@@ -271,19 +271,19 @@ class TrainConfig:
 
 
 FIXED_SETTINGS: dict[str, tuple[Any, str]] = {
-    "timestep_respacing": ("", "training runs on all T steps; respace when decoding (--decode_respacing)"),
+    "timestep_respacing": ("", "training runs on all T steps; respace when decoding (`decode_respacing`)"),
     "learn_sigma": (False, "the denoiser predicts x_0 only (DiffuSeq's setting)"),
     "predict_xstart": (True, "the denoiser predicts x_0 (DiffuSeq's setting)"),
     "rescale_timesteps": (True, "timesteps are always rescaled to [0, 1000) (DiffuSeq's setting)"),
-    "sigma_small": (False, "it is unused in training (for decoding see sample_seq2seq.py --sigma_small)"),
+    "sigma_small": (False, "it is unused in training (for decoding see sample_seq2seq.py `sigma_small`)"),
     "rescale_learned_sigmas": (False, "sigmas are not learned"),
     "use_kl": (False, "the loss is DiffuSeq's mse + rounding + tT"),
     "emb_scale_factor": (1.0, "DiffuSeq never applies it to a TransformerNetModel"),
-    "fp16_scale_growth": (0.001, "--use_fp16 uses torch's GradScaler, which sets its own growth"),
-    "near_step": (0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
-    "far_step": (0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
-    "near_lambda": (0.0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
-    "far_lambda": (0.0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use --simi_penalty"),
+    "fp16_scale_growth": (0.001, "`use_fp16` uses torch's GradScaler, which sets its own growth"),
+    "near_step": (0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use `simi_penalty`"),
+    "far_step": (0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use `simi_penalty`"),
+    "near_lambda": (0.0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use `simi_penalty`"),
+    "far_lambda": (0.0, "Bridge-Gap's near/far penalty is experimental and not in the paper; use `simi_penalty`"),
 }
 
 

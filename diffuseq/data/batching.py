@@ -21,7 +21,7 @@ class BatchStream:
 
     def __init__(self, data: Seq2SeqData, global_batch: int, rank: int, world_size: int, seed: int) -> None:
         if global_batch % world_size:
-            raise UserError(f"--bsz {global_batch} is not divisible by the {world_size} processes")
+            raise UserError(f"`bsz` {global_batch} is not divisible by the {world_size} processes")
         self.data = data
         self.global_batch = global_batch
         self.local_batch = global_batch // world_size

@@ -154,7 +154,7 @@ def split_path(data_dir: Path, split: str) -> Path:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"data folder {data_dir} does not exist" + (
-            " (a relative path is read from the current folder; pass --data_dir)" if not data_dir.is_absolute()
+            " (a relative path is read from the current folder; pass `data_dir`)" if not data_dir.is_absolute()
             else ""))
     path = data_dir / f"{split}.jsonl"
     if not path.is_file():
@@ -335,10 +335,10 @@ class Seq2SeqData:
 def check_seq_len(seq_len: int) -> None:
     """A UserError unless ``seq_len`` holds a pair and fits the encoder's positions."""
     if seq_len < MIN_SEQ_LEN:
-        raise UserError(f"--seq_len {seq_len} is too small: it must hold at least one token of source and of "
+        raise UserError(f"`seq_len` {seq_len} is too small: it must hold at least one token of source and of "
                         f"target with their start/end tokens and the [SEP] ({MIN_SEQ_LEN})")
     if seq_len > MAX_SEQ_LEN:
-        raise UserError(f"--seq_len {seq_len} exceeds the model's {MAX_SEQ_LEN} positions")
+        raise UserError(f"`seq_len` {seq_len} exceeds the model's {MAX_SEQ_LEN} positions")
 
 
 def encode_pairs(pairs: list[tuple[str, str]], vocab: Vocabulary, seq_len: int) -> Seq2SeqData:

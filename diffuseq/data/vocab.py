@@ -279,6 +279,6 @@ def build_vocab(spec: str, train_texts: Iterable[str], vocab_size: int) -> Vocab
         found = _hf_cached_bert_vocab()
         if found is None:
             raise UserError("the bert-base-uncased vocabulary is not in the local Hugging Face cache and cannot be "
-                            "downloaded here; pass --vocab PATH (a vocab.txt or tokenizer folder) or --vocab train")
+                            "downloaded here; pass `vocab` PATH (a vocab.txt or tokenizer folder) or `vocab` train")
         return WordPieceVocab(found)
     return load_vocab_from(Path(spec))

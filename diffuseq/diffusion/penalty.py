@@ -50,7 +50,7 @@ def noise_windows(alphas_cumprod: np.ndarray, simi_noise: float) -> tuple[np.nda
     with a brute-force search bit for bit (O(T log T), no loop over T).
     """
     if not simi_noise >= 0:
-        raise UserError(f"--simi_noise must be a non-negative number, got {simi_noise}")
+        raise UserError(f"`simi_noise` must be a non-negative number, got {simi_noise}")
     sigma = np.sqrt(1.0 - np.asarray(alphas_cumprod, dtype=np.float64))
     if sigma.ndim != 1 or not np.all(np.isfinite(sigma)):
         raise UserError("alphas_cumprod must be a 1-D array of values in [0, 1]")
@@ -120,7 +120,7 @@ class StepNeighbours(NeighbourRule):
     @classmethod
     def check(cls, simi_step: int, simi_noise: float, num_timesteps: int) -> None:
         if not 1 <= simi_step < num_timesteps:
-            raise UserError(f"--simi_step must be in 1..{num_timesteps - 1} (below the model's T = "
+            raise UserError(f"`simi_step` must be in 1..{num_timesteps - 1} (below the model's T = "
                             f"{num_timesteps}), got {simi_step}")
 
     def pick(self, t: torch.Tensor, down: torch.Tensor,
@@ -149,7 +149,7 @@ class NoiseWindowNeighbours(NeighbourRule):
     @classmethod
     def check(cls, simi_step: int, simi_noise: float, num_timesteps: int) -> None:
         if not 0 < simi_noise < float("inf"):
-            raise UserError(f"--simi_noise must be a finite number > 0, got {simi_noise}")
+            raise UserError(f"`simi_noise` must be a finite number > 0, got {simi_noise}")
 
     def windows(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The (lo, hi) tables on ``device`` (moved once)."""
@@ -208,7 +208,7 @@ class DistancePenalty(ABC):
         """Raise a UserError for settings this penalty cannot use: its neighbour rule's, then the sign of the weight."""
         cls.neighbour_rule.check(simi_step, simi_noise, num_timesteps)
         if cls.lambda_sign * simi_lambda < 0:
-            raise UserError(f"--simi_lambda {simi_lambda}: the {cls.name} penalty needs a weight "
+            raise UserError(f"`simi_lambda` {simi_lambda}: the {cls.name} penalty needs a weight "
                             f"{'<=' if cls.lambda_sign < 0 else '>='} 0 (it adds {cls.adds}), as in Bridge-Gap")
 
     @staticmethod
@@ -238,7 +238,7 @@ def register(cls: PenaltyT) -> PenaltyT:
 def penalty_class(kind: str) -> type[DistancePenalty]:
     """The registered penalty called ``kind``."""
     if kind not in PENALTIES:
-        raise UserError(f"unknown --simi_penalty {kind!r}; choose one of: {', '.join(PENALTIES)} (or '' for none)")
+        raise UserError(f"unknown `simi_penalty` {kind!r}; choose one of: {', '.join(PENALTIES)} (or '' for none)")
     return PENALTIES[kind]
 
 
@@ -246,7 +246,7 @@ def check_penalty_settings(kind: str, simi_lambda: float, simi_step: int, simi_n
                            num_timesteps: int) -> None:
     """Raise a UserError for ``--simi_*`` settings that penalty ``kind`` ('' = none) cannot use with T steps."""
     if not math.isfinite(simi_lambda):
-        raise UserError(f"--simi_lambda must be a finite number, got {simi_lambda}")
+        raise UserError(f"`simi_lambda` must be a finite number, got {simi_lambda}")
     if kind:
         penalty_class(kind).check(simi_lambda, simi_step, simi_noise, num_timesteps)
 

@@ -200,7 +200,7 @@ TIMESTEP_DISTRIBUTIONS: dict[str, type[TimestepDistribution]] = {
 def check_timestep_distribution(name: str) -> None:
     """Raise a UserError unless ``name`` is one of ``TIMESTEP_DISTRIBUTIONS``."""
     if name not in TIMESTEP_DISTRIBUTIONS:
-        raise UserError(f"unknown --schedule_sampler {name!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
+        raise UserError(f"unknown `schedule_sampler` {name!r}; choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
 
 
 def create_timestep_distribution(name: str, num_timesteps: int) -> TimestepDistribution:

@@ -66,10 +66,10 @@ def check_bertscore(model_path: str) -> None:
     """Fail with a one-line ``UserError`` unless bert_score, transformers and the local model are there."""
     missing = [pkg for pkg in ("bert_score", "transformers") if importlib.util.find_spec(pkg) is None]
     if missing:
-        raise UserError(f"--bertscore_model needs the packages {', '.join(missing)}: "
+        raise UserError(f"`bertscore_model` needs the packages {', '.join(missing)}: "
                         "pip install bert-score transformers")
     if not os.path.isdir(model_path):
-        raise UserError(f"--bertscore_model {model_path}: no such local model folder; give the folder of a "
+        raise UserError(f"`bertscore_model` {model_path}: no such local model folder; give the folder of a "
                         "downloaded model (the paper uses microsoft/deberta-xlarge-mnli)")
 
 
@@ -84,8 +84,8 @@ def bertscore_f1(candidates: Sequence[str], references: Sequence[str], model_pat
         base = os.path.basename(os.path.normpath(model_path))
         found = [layers for name, layers in model2layers.items() if name.split("/")[-1] == base]
         if not found:
-            raise UserError(f"--bertscore_model {model_path}: unknown model name {base!r}; "
-                            "give its layer with --bertscore_num_layers (deberta-xlarge-mnli: 40)")
+            raise UserError(f"`bertscore_model` {model_path}: unknown model name {base!r}; "
+                            "give its layer with `bertscore_num_layers` (deberta-xlarge-mnli: 40)")
         num_layers = found[0]
     _, _, f1 = bert_score.score(list(candidates), list(references), model_type=model_path,
                                 num_layers=num_layers, batch_size=batch_size, verbose=False)

@@ -147,13 +147,13 @@ def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source:
     if missing or unexpected:
         hint = ""
         if any(k.startswith("self_cond_proj") for k in missing + unexpected):
-            hint = " (a self-conditioned checkpoint needs --self_cond, and a model without it cannot have it)"
+            hint = " (a self-conditioned checkpoint needs `self_cond`, and a model without it cannot have it)"
         raise UserError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}{hint}")
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape]
     if wrong:
         hint = ""
         if wrong[0].startswith("word_embedding"):
-            hint = " (vocabulary size or --hidden_dim differ)"
+            hint = " (vocabulary size or `hidden_dim` differ)"
         raise UserError(f"{source} does not fit this model{hint}: {wrong[0]}")
     model.load_state_dict(state, strict=False)

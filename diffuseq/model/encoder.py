@@ -38,7 +38,7 @@ class EncoderConfig:
         if min(self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size) < 1:
             raise UserError(f"model sizes must be positive: {asdict(self)}")
         if self.hidden_size % self.num_heads:
-            raise UserError(f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}")
+            raise UserError(f"`hidden_size` {self.hidden_size} is not divisible by `num_heads` {self.num_heads}")
 
     def to_bert_config(self, vocab_size: int, hidden_dropout: float, pad_token_id: int = 0) -> dict:
         """A Hugging Face BERT ``config.json`` of this size (what DiffuSeq's ``config_name`` loads)."""

@@ -37,9 +37,9 @@ def bert_weights_folder(config_name: str) -> Path:
     path = Path(config_name)
     folder = path if path.is_dir() else path.parent if path.is_file() else _hub_snapshot(config_name)
     if folder is None or not any((folder / f).is_file() for f in WEIGHT_FILES):
-        raise UserError(f"--use_plm_init bert needs BERT weights ({' or '.join(WEIGHT_FILES)}) in a local folder: "
+        raise UserError(f"`use_plm_init` bert needs BERT weights ({' or '.join(WEIGHT_FILES)}) in a local folder: "
                         f"{config_name!r} is not one and is not in the local Hugging Face cache; pass "
-                        f"--config_name PATH to a downloaded bert-base-uncased folder")
+                        f"`config_name` PATH to a downloaded bert-base-uncased folder")
     return folder
 
 
@@ -78,7 +78,7 @@ def load_bert_weights(model: nn.Module, folder: Path) -> None:
         raise UserError(f"the BERT weights in {folder} lack {missing[0]} (and {len(missing) - 1} more)")
     for key, value in mapped.items():
         if key in own and own[key].shape != value.shape:
-            hint = (" (--use_plm_init bert needs --hidden_dim equal to BERT's hidden size and the BERT vocabulary)"
+            hint = (" (`use_plm_init` bert needs `hidden_dim` equal to BERT's hidden size and the BERT vocabulary)"
                     if key == "word_embedding.weight" else "")
             raise UserError(f"the BERT weights in {folder} do not fit this model{hint}: {key} "
                             f"{tuple(value.shape)} vs {tuple(own[key].shape)}")

@@ -38,14 +38,14 @@ class SamplerConfig:
     def check(self) -> None:
         """Reject values no sampler accepts, and an ``eta`` that contradicts ``sampler`` (one-line ``UserError``)."""
         if not (self.eta == -1 or 0 <= self.eta <= 1):
-            raise UserError(f"--eta must be -1 (DDPM) or in [0, 1] (DDIM), got {self.eta}")
+            raise UserError(f"`eta` must be -1 (DDPM) or in [0, 1] (DDIM), got {self.eta}")
         if self.sampler not in ("", "ddim") and self.eta >= 0:
-            raise UserError(f"--sampler {self.sampler} takes no --eta (got {self.eta}); --eta in [0, 1] is DDIM's")
+            raise UserError(f"`sampler` {self.sampler} takes no `eta` (got {self.eta}); `eta` in [0, 1] is DDIM's")
         if self.clamp_step < 0:
-            raise UserError(f"--clamp_step must be >= 0 (0 clamps at every step, K only while the respaced index "
+            raise UserError(f"`clamp_step` must be >= 0 (0 clamps at every step, K only while the respaced index "
                             f"is >= K), got {self.clamp_step}")
         if not 0 <= self.top_p < float("inf"):
-            raise UserError(f"--top_p must be a finite number >= 0 (0: no noise truncation), got {self.top_p}")
+            raise UserError(f"`top_p` must be a finite number >= 0 (0: no noise truncation), got {self.top_p}")
 
     def resolve(self) -> "SamplerConfig":
         """This config, checked, with its sampler named: DiffuSeq's rule, DDIM when ``eta >= 0`` and else DDPM,

@@ -376,7 +376,7 @@ class Trainer:
                     if self.bad_steps_in_row >= cfg.max_bad_steps:
                         raise UserError(f"{self.bad_steps_in_row} steps in a row had a non-finite loss or "
                                         f"gradient; stopped at step {self.step} (the last checkpoint is intact; "
-                                        f"lower --lr or enable --gradient_clipping)")
+                                        f"lower `lr` or enable `gradient_clipping`)")
                     continue
                 self.bad_steps_in_row = 0
                 report.add(terms)

@@ -114,6 +114,6 @@ def _maybe_wandb(cfg: TrainConfig) -> Any:
     try:
         import wandb
     except ImportError:
-        raise UserError("--wandb needs the wandb package: pip install 'diffuseq-bridge[wandb]'") from None
+        raise UserError("`wandb` needs the wandb package: pip install 'diffuseq-bridge[wandb]'") from None
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "diffuseq-bridge"), config=vars(cfg),
                       name=cfg.notes or None)

@@ -76,12 +76,6 @@ def _value(cfg: TrainConfig, key: str, folder: Path | None) -> Any:
     return getattr(cfg, key)
 
 
-def _flag_name(key: str) -> str:
-    """``--key``, with the paper's spelling first where it has one (``--diff_steps/--diffusion_steps``)."""
-    aliases = {f.name: f.metadata.get("aliases", ()) for f in dataclasses.fields(TrainConfig)}.get(key, ())
-    return "/".join([*aliases, f"--{key}"])
-
-
 def _describe(key: str, value: Any) -> str:
     if key == "config_name":
         return (f"{value.num_layers} layers / {value.hidden_size} / {value.num_heads} heads / "
@@ -95,14 +89,14 @@ def _adopted_fields(cfg: TrainConfig, saved: TrainConfig, key: str, source: Path
     is an error."""
     if key == "vocab_size":  # only --vocab train reads it, as an upper bound (DiffuSeq's tokenizer sets it)
         if key in cfg.given and saved.vocab == "train" and saved.vocab_size > cfg.vocab_size:
-            raise UserError(f"--vocab_size {cfg.vocab_size} but {source} has a vocabulary of {saved.vocab_size} "
+            raise UserError(f"`vocab_size` {cfg.vocab_size} but {source} has a vocabulary of {saved.vocab_size} "
                             f"({what})")
         return {key: saved.vocab_size}
     given = key in cfg.given or (key == "config_name" and any(k in cfg.given for k in ENCODER_FLAGS))
     if given:
         mine, theirs = _value(cfg, key, None), _value(saved, key, folder)
         if mine != theirs:
-            flag = _flag_name(key) + " gives" if key != "config_name" else "the encoder size flags give"
+            flag = f"`{key}` gives" if key != "config_name" else "the encoder size flags give"
             raise UserError(f"{flag} {_describe(key, mine)} but {source} says {_describe(key, theirs)} ({what})")
     if key != "config_name":
         return {key: getattr(saved, key)}
@@ -138,7 +132,7 @@ def _own_checkpoint(folder: Path) -> Path | None:
     if own is None:
         raise UserError(f"{folder} holds checkpoint files (newest: step {newest}) but no complete checkpoint "
                         f"(trainstateNNNNNN.pt and the sizes it records): continue from one file with "
-                        f"--resume_checkpoint FILE and a new --checkpoint_path")
+                        f"`resume_checkpoint` FILE and a new `checkpoint_path`")
     logger.warning("%s: the checkpoint of step %d is incomplete (a file is missing or truncated); continuing from "
                    "step %d, the newest complete one", folder, newest, ckpt.parse_step(own))
     return own
@@ -147,13 +141,13 @@ def _own_checkpoint(folder: Path) -> Path | None:
 def run_folder(cfg: TrainConfig, default_folder: str = "") -> Path:
     """Where the run goes: ``--checkpoint_path``, else ``default_folder``, else a new name; checked, not created."""
     if not cfg.checkpoint_path and not cfg.data_dir:
-        raise UserError("give --data_dir (a folder of train/valid/test.jsonl) for a new run, or --checkpoint_path "
-                        "of a run to continue (see --help)")
+        raise UserError("give `data_dir` (a folder of train/valid/test.jsonl) for a new run, or `checkpoint_path` "
+                        "of a run to continue (see `help`)")
     folder = Path(cfg.checkpoint_path or default_folder or cfg.default_checkpoint_path())
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"--checkpoint_path {folder} is a file, not a folder")
+        raise UserError(f"`checkpoint_path` {folder} is a file, not a folder")
     if folder.is_dir() and not (folder / "training_args.json").is_file() and any(folder.glob("*.pt")):
-        raise UserError(f"{folder} holds checkpoint files but no training_args.json: pick a new --checkpoint_path")
+        raise UserError(f"{folder} holds checkpoint files but no training_args.json: pick a new `checkpoint_path`")
     return folder
 
 
@@ -173,10 +167,10 @@ def start_point(cfg: TrainConfig, folder: Path) -> tuple[Path | None, bool]:
     if path.is_dir():
         found = ckpt.latest_checkpoint(path)
         if found is None:
-            raise UserError(f"--resume_checkpoint {path}: the folder holds no complete checkpoint")
+            raise UserError(f"`resume_checkpoint` {path}: the folder holds no complete checkpoint")
         path = found
     elif not path.is_file():
-        raise UserError(f"--resume_checkpoint {path} does not exist")
+        raise UserError(f"`resume_checkpoint` {path} does not exist")
     ckpt.parse_step(path)
     if path.parent.resolve() == folder.resolve():
         return path, True
@@ -195,7 +189,7 @@ def adopted_settings(cfg: TrainConfig, folder: Path, resume: Path | None, exact:
         saved = TrainConfig.load(args_file)
         keys = tuple(k for k in saved.field_names() if k not in MUTABLE)
         cfg = _adopt(cfg, saved, keys, args_file, folder,
-                     "this folder's run; continue it with the same settings or pick a new --checkpoint_path")
+                     "this folder's run; continue it with the same settings or pick a new `checkpoint_path`")
         return dataclasses.replace(cfg, **{key: getattr(saved, key) for key in SCHEDULE if key not in cfg.given})
     if resume is None or exact:
         return cfg
@@ -209,15 +203,15 @@ def adopted_settings(cfg: TrainConfig, folder: Path, resume: Path | None, exact:
 def _check_runnable(cfg: TrainConfig, resume: Path | None) -> None:
     """The settled settings checked against what the run reads: the data, BERT's weights, the start step."""
     if not cfg.data_dir:
-        raise UserError("give --data_dir (a folder of train/valid/test.jsonl)")
+        raise UserError("give `data_dir` (a folder of train/valid/test.jsonl)")
     cfg.validate()
     if cfg.use_plm_init == "bert" and resume is None:
         bert_weights_folder(cfg.config_name)
     for split in ("train", "valid"):
         check_split(split_path(Path(cfg.data_dir), split), cfg.data_cache)
     if resume is not None and ckpt.parse_step(resume) >= cfg.learning_steps:
-        raise UserError(f"{resume} is at step {ckpt.parse_step(resume)}, not below --learning_steps "
-                        f"{cfg.learning_steps}: nothing to train (raise --learning_steps)")
+        raise UserError(f"{resume} is at step {ckpt.parse_step(resume)}, not below `learning_steps` "
+                        f"{cfg.learning_steps}: nothing to train (raise `learning_steps`)")
 
 
 def vocabulary_folder(folder: Path, resume: Path | None) -> Path | None:
@@ -253,7 +247,7 @@ def _run_vocab(plan: RunPlan) -> Vocabulary:
     if plan.vocab_folder is not None:
         vocab = load_vocab_from(plan.vocab_folder)
         if cfg.vocab == "train" and "vocab_size" in cfg.given and vocab.size > cfg.vocab_size:
-            raise UserError(f"--vocab_size {cfg.vocab_size} but the vocabulary in {plan.vocab_folder} has "
+            raise UserError(f"`vocab_size` {cfg.vocab_size} but the vocabulary in {plan.vocab_folder} has "
                             f"{vocab.size} entries")
         return vocab
     if cfg.vocab == "train":
