@@ -22,7 +22,8 @@ from .model.checkpoints import load_model_weights, parse_step, safe_load
 def create_model(cfg: TrainConfig, vocab_size: int, encoder: EncoderConfig | None = None) -> TransformerNetModel:
     """The denoiser described by ``cfg`` (with ``encoder``, else ``cfg``'s encoder size)."""
     return TransformerNetModel(vocab_size, hidden_dim=cfg.hidden_dim, hidden_t_dim=cfg.hidden_t_dim,
-                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config(), self_cond=cfg.self_cond)
+                               dropout=cfg.dropout, encoder=encoder or cfg.encoder_config(), self_cond=cfg.self_cond,
+                               learned_mean_embed=cfg.learned_mean_embed)
 
 
 def load_checkpoint(model_path: Path, device: torch.device) -> tuple[TrainConfig, Vocabulary, nn.Module]:

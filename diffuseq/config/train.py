@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 import time
@@ -26,6 +27,10 @@ from ..diffusion.penalty import PENALTIES, check_penalty_settings
 from ..diffusion.timesteps import TIMESTEP_DISTRIBUTIONS, check_timestep_distribution
 
 BERT_BASE_NAMES = ("bert-base-uncased", "bert-base-cased", "bert-base")
+# the weight of `mean_embed`'s norm that DiffuSeq-v2 always trains with (its --reg_rate never reaches the loss)
+V2_REG_RATE = 0.01
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,9 @@ class TrainConfig:
     dropout: float = option(0.1, "dropout of the embeddings and encoder layers")
     # optimisation
     lr: float = option(1e-4, "learning rate (see --lr_schedule)")
-    lr_schedule: str = option("", "'linear': decay to 0 over --learning_steps (DiffuSeq); 'constant' (Bridge-Gap, whose "
-                                "annealing is commented out); default: constant with --simi_penalty, else linear",
-                            choices=("", "linear", "constant"))
+    lr_schedule: str = option("", "'linear': decay to 0 over --learning_steps (DiffuSeq); 'constant' (Bridge-Gap, "
+                                  "whose annealing is commented out); default: constant with --simi_penalty, else "
+                                  "linear", choices=("", "linear", "constant"))
     batch_size: int = option(2048, "batch size per process, as in DiffuSeq (the global batch is this times the "
                                  "number of processes)", "--bsz")
     microbatch: int = option(64, "examples per forward/backward pass (-1: the whole batch); as in DiffuSeq, the "
@@ -95,6 +100,20 @@ class TrainConfig:
     self_cond: bool = option(False, "self-conditioning: the denoiser also reads its previous x_0 estimate (a "
                                   "detached estimate half of the time in training, zeros otherwise; the previous "
                                   "step's when decoding). Adds one linear layer; fixed by the checkpoint")
+    # DiffuSeq-v2 (its flag names and meanings)
+    learned_mean_embed: bool = option(False, "DiffuSeq-v2: a learned soft absorbing state, the [hidden_dim] vector "
+                                             "`mean_embed` that the noise on target tokens is centred on "
+                                             "(x_t = sqrt(ab) (x_0 - m) + sqrt(1 - ab) eps + m). Adds one "
+                                             "parameter; fixed by the checkpoint")
+    denoise: bool = option(False, "DiffuSeq-v2's discrete noise: each target token of x_t is replaced by the "
+                                  "absorbing state with probability denoise_rate x sqrt(1 - ab_t) in training "
+                                  "(denoise_rate x sqrt(beta_t) per DDPM decoding step); needs --learned_mean_embed")
+    denoise_rate: float = option(0.2, "DiffuSeq-v2: the absorbing probability's scale, in [0, 1] (their train.sh: "
+                                      "0.5)")
+    reg_rate: float = option(V2_REG_RATE, "DiffuSeq-v2: weight of the L2 norm (not squared) of `mean_embed` added "
+                                          "to each example's loss (with --learned_mean_embed). DiffuSeq-v2 ignores "
+                                          "its own flag and always uses 0.01, so a DiffuSeq-v2 training_args.json "
+                                          "is read with 0.01 whatever it stores; here the flag applies")
     # bookkeeping
     checkpoint_path: str = option("", "output folder (default: a name from the main flags under diffusion_models/)")
     resume_checkpoint: str = option("", "modelNNNNNN.pt / ema_<rate>_NNNNNN.pt to start from ('none': from scratch), "
@@ -161,6 +180,12 @@ class TrainConfig:
                                self.diffusion_steps)
         if not 0 <= self.dropout < 1:
             raise UserError(f"`dropout` must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.denoise_rate <= 1:
+            raise UserError(f"`denoise_rate` must be in [0, 1], got {self.denoise_rate}")
+        if not 0 <= self.reg_rate < float("inf"):
+            raise UserError(f"`reg_rate` must be a finite number >= 0, got {self.reg_rate}")
+        if self.denoise and not self.learned_mean_embed:
+            raise UserError("`denoise` absorbs tokens into the learned mean embedding: it needs `learned_mean_embed`")
         self.ema_rates()
         self.encoder_config()
 
@@ -256,7 +281,8 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        """Read ``training_args.json``."""
+        """Read ``training_args.json``: ours, or DiffuSeq's (v1 or v2, whose ``reg_rate`` is read as the 0.01 it
+        trained with: v2 never applies its flag)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path} does not exist (the checkpoint folder must hold the training_args.json "
@@ -267,6 +293,10 @@ class TrainConfig:
             raise UserError(f"cannot read {path}: {err}") from None
         if not isinstance(values, dict):
             raise UserError(f"{path} is not a JSON object")
+        if "vocab_source" not in values and values.get("reg_rate", V2_REG_RATE) != V2_REG_RATE:
+            logger.warning("%s (DiffuSeq's) says reg_rate %s, which DiffuSeq-v2 ignores: its model was trained with "
+                           "%s, used here", path, values["reg_rate"], V2_REG_RATE)
+            values["reg_rate"] = V2_REG_RATE
         return cls.from_dict(values)
 
 
@@ -290,11 +320,14 @@ FIXED_SETTINGS: dict[str, tuple[Any, str]] = {
 LOG_TERMS_HELP = (
     "The log, every --log_interval steps: 'step N/total (percent) | terms | lr | samples/s | elapsed, ETA', the "
     "terms averaged over the steps since the last line. loss: what is minimised per example (DiffuSeq: mse + "
-    "rounding + tT; with --simi_penalty: (mse + mse_nb + 2 rounding + 2 tT + penalty) / 2), before the "
+    "rounding + tT; with --simi_penalty: (mse + mse_nb + 2 rounding + 2 tT + penalty) / 2; either + reg with "
+    "--learned_mean_embed), before the "
     "timestep sampler's importance weights; mse: squared error of the x_0 prediction at the sampled step t; "
     "mse_nb: the same at the neighbour step t' (--simi_penalty); penalty: the distance between the two "
-    "predictions weighted by --simi_lambda (l2: -simi_lambda x mean squared distance); rounding: cross-entropy of the word embeddings' own logits "
-    "(keeps them decodable); tT: mean square of x_T's mean (keeps the embeddings small); grad_norm: the "
+    "predictions weighted by --simi_lambda (l2: -simi_lambda x mean squared distance); rounding: cross-entropy "
+    "of the word embeddings' own logits (keeps them decodable); tT: mean square of x_T's mean (keeps the "
+    "embeddings small); reg: --reg_rate x the L2 norm of the learned mean embedding (DiffuSeq-v2); "
+    "grad_norm: the "
     "gradient norm before clipping; nll: cross-entropy of the predicted x_0 on the target tokens (first "
     "microbatch of the logging step, not optimised). 'step N validation:' lines give the same terms on the "
     "first 256 validation pairs.")

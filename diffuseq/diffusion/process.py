@@ -7,6 +7,10 @@ step takes the network's x_0 prediction as an argument.
 
 Partial noising: positions where ``mask == 0`` (the source and its ``[SEP]``)
 always hold their clean value.
+
+DiffuSeq-v2 (``q_sample`` with a ``mean``): the noise on target positions is centred on a learned
+absorbing state m, and with ``absorb`` chosen target tokens are m itself (its discrete noise, each
+token with probability ``absorb_probs``).
 """
 
 from __future__ import annotations
@@ -89,13 +93,32 @@ class GaussianDiffusion:
         return self._coef("sqrt_alphas_cumprod", t, x_start.dim()) * x_start
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Draw x_t ~ q(x_t | x_0); positions with ``mask == 0`` keep ``x_start``."""
-        x_t = (self._coef("sqrt_alphas_cumprod", t, x_start.dim()) * x_start
-               + self._coef("sqrt_one_minus_alphas_cumprod", t, x_start.dim()) * noise)
+                 mask: torch.Tensor | None = None, mean: torch.Tensor | None = None,
+                 absorb: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0); positions with ``mask == 0`` keep ``x_start``.
+
+        DiffuSeq-v2: with ``mean`` m ([D]) x_t = sqrt(ab_t) (x_0 - m) + sqrt(1 - ab_t) noise + m on the target
+        positions (``mask``; every position without one), and the tokens ``absorb`` names (bool [B, N]) are m.
+        """
+        sqrt_ab = self._coef("sqrt_alphas_cumprod", t, x_start.dim())
+        sqrt_one_minus_ab = self._coef("sqrt_one_minus_alphas_cumprod", t, x_start.dim())
+        if mean is None:
+            if absorb is not None:
+                raise ValueError("absorbing tokens needs the mean embedding they are absorbed into")
+            x_t = sqrt_ab * x_start + sqrt_one_minus_ab * noise
+        else:  # v2's order of operations
+            x_t = (sqrt_ab * (x_start - mean) + sqrt_one_minus_ab * noise
+                   + (mean if mask is None else mean * mask.unsqueeze(-1)))
+            if absorb is not None:
+                x_t = torch.where(absorb.unsqueeze(-1), mean, x_t)
         if mask is None:
             return x_t
         return torch.where(mask.unsqueeze(-1).bool(), x_t, x_start)
+
+    def absorb_probs(self, t: torch.Tensor, rate: float) -> torch.Tensor:
+        """DiffuSeq-v2's probability that q_sample absorbs a token at step t: rate sqrt(1 - ab_t), float32 [B, 1]
+        (the same for every token of an example)."""
+        return self._coef("sqrt_one_minus_alphas_cumprod", t, 2) * rate
 
     def q_posterior_mean(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of q(x_{t-1} | x_t, x_0)."""

@@ -6,6 +6,8 @@
 * DiffuSeq's truncated variants: ``trunc_cos`` (cos((s + 0.1) / 1.1 * pi / 2) ** 2, its first beta
   1 - alpha_bar(0)), ``trunc_lin`` (``linear`` + 0.01) and ``pw_lin`` (10 steps from
   ``trunc_lin``'s start down to ``linear``'s, then ``linear``).
+* DiffuSeq-v2's ``warmup-decay``: ``sqrt``'s betas, but the last 10 % of them fall linearly from ``sqrt``'s value
+  there to 1e-4 (so the last steps add little noise).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 
-NOISE_SCHEDULES = ("sqrt", "linear", "cosine", "trunc_cos", "trunc_lin", "pw_lin")
+NOISE_SCHEDULES = ("sqrt", "linear", "cosine", "trunc_cos", "trunc_lin", "pw_lin", "warmup-decay")
 MAX_BETA = 0.999
 
 
@@ -33,12 +35,22 @@ def betas_for_alpha_bar(num_steps: int, alpha_bar: Callable[[float], float], max
     return np.array(betas, dtype=np.float64)
 
 
+def warmup_decay_betas(num_steps: int, warmup_ratio: float = 0.1) -> np.ndarray:
+    """DiffuSeq-v2's ``warmup-decay``: W = max(1, int(warmup_ratio T)); ``sqrt``'s betas with the last W replaced
+    by ``linspace(sqrt[-W], 1e-4, W)`` (v2 always uses the ratio 0.1)."""
+    warmup = max(1, int(warmup_ratio * num_steps))
+    sqrt = get_named_beta_schedule("sqrt", num_steps)
+    return np.concatenate([sqrt[:-warmup], np.linspace(sqrt[-warmup], 0.0001, warmup)])
+
+
 def get_named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
     """Return the float64 betas of schedule ``name`` for ``num_steps`` diffusion steps."""
     if num_steps < 1:
         raise UserError(f"the number of diffusion steps must be positive, got {num_steps}")
     if name == "sqrt":
         return betas_for_alpha_bar(num_steps, lambda s: 1 - math.sqrt(s + 0.0001))
+    if name == "warmup-decay":
+        return warmup_decay_betas(num_steps)
     if name == "linear":
         scale = 1000 / num_steps
         return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)

@@ -148,6 +148,9 @@ def load_model_weights(model: nn.Module, state: dict[str, torch.Tensor], source:
         hint = ""
         if any(k.startswith("self_cond_proj") for k in missing + unexpected):
             hint = " (a self-conditioned checkpoint needs `self_cond`, and a model without it cannot have it)"
+        elif "mean_embed" in missing + unexpected:
+            hint = (" (a DiffuSeq-v2 checkpoint with `mean_embed` needs `learned_mean_embed`, and a model without it "
+                    "cannot have it)")
         raise UserError(f"{source} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}{hint}")
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape]

@@ -4,6 +4,8 @@ Parameter names and shapes are exactly DiffuSeq's (``TransformerNetModel``), so 
 load with ``load_state_dict``. With ``self_cond`` (our addition; Chen et al. 2022, as in
 SeqDiffuSeq and Difformer) the denoiser also reads a previous x_0 estimate through one more
 linear map, ``self_cond_proj``, added to the input embeddings; without it the layout is DiffuSeq's.
+With ``learned_mean_embed`` (DiffuSeq-v2) it holds ``mean_embed``, the learned soft absorbing state that the
+diffusion (not the network's forward) uses; its state-dict key is v2's.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class TransformerNetModel(nn.Module):
     """DiffuSeq's denoiser: predicts x_0 from (x_t, t); ``lm_head`` is tied to ``word_embedding``."""
 
     def __init__(self, vocab_size: int, hidden_dim: int = 128, hidden_t_dim: int = 128, dropout: float = 0.1,
-                 encoder: EncoderConfig | None = None, self_cond: bool = False) -> None:
+                 encoder: EncoderConfig | None = None, self_cond: bool = False,
+                 learned_mean_embed: bool = False) -> None:
         super().__init__()
         cfg = encoder or EncoderConfig()
         self.encoder_config = cfg
@@ -56,6 +59,10 @@ class TransformerNetModel(nn.Module):
         self.dropout = Dropout(dropout)
         if hidden_dim != hidden:
             self.output_down_proj = nn.Sequential(Linear(hidden, hidden), nn.Tanh(), Linear(hidden, hidden_dim))
+        # DiffuSeq-v2's absorbing state [hidden_dim], N(0, 1/hidden_dim); created last, so the other weights of a
+        # seeded model are those of a model without it
+        self.register_parameter("mean_embed", nn.Parameter(torch.empty(hidden_dim).normal_(0.0, hidden_dim ** -0.5))
+                                if learned_mean_embed else None)
 
     @property
     def vocab_size(self) -> int:

@@ -206,11 +206,12 @@ class Trainer:
                with_nll: bool, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The loss terms of training and of validation; random draws from ``generator`` (default: the training
         stream of this rank)."""
+        v2 = {"denoise_rate": self.cfg.denoise_rate if self.cfg.denoise else None, "reg_rate": self.cfg.reg_rate}
         if self.penalty is None:
             return diffuseq_losses(model, self.diffusion, ids, mask, t, with_nll=with_nll, workspace=self.workspace,
-                                   generator=generator)
+                                   generator=generator, **v2)
         return distance_penalty_losses(model, self.diffusion, self.penalty, ids, mask, t, with_nll=with_nll,
-                                       workspace=self.workspace, generator=generator)
+                                       workspace=self.workspace, generator=generator, **v2)
 
     def _autocast(self):
         if self.autocast_dtype is None:

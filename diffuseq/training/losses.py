@@ -15,6 +15,12 @@ one forward pass of a batch twice as large, and
 ``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2`` with the penalty of
 :class:`DistancePenalty` where a neighbour exists.
 
+DiffuSeq-v2 (a denoiser with ``mean_embed`` m, ``--learned_mean_embed``): x_t is centred on m on the
+target positions, and with ``--denoise`` each target token is m itself with probability
+``denoise_rate sqrt(1 - ab_t)`` (:meth:`GaussianDiffusion.q_sample`); the loss gains ``reg``,
+``reg_rate ||m||_2`` for every example (``tT`` ignores m, as v2's). With the Distance Penalty the
+neighbour's x_t' is drawn the same way (its own absorbing draw) and ``reg`` is added once.
+
 Self-conditioning (``--self_cond``, our addition): for a random half of the examples the
 denoiser first estimates x_0 without an estimate (no gradient), and that estimate, on the
 target positions, is its extra input for the prediction the loss is taken on; the other
@@ -42,8 +48,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @dataclass
 class LossDraws:
-    """Every random draw of one loss evaluation: the x_0 noise, the x_t noise and, with a penalty,
-    the neighbour steps (and where the penalty applies) and the x_t' noise.
+    """Every random draw of one loss evaluation, in this order: the x_0 noise, the x_t noise, with DiffuSeq-v2's
+    discrete noise the uniforms of its absorbing draw ([B, N]: a token is absorbed where its uniform is below the
+    probability), with a penalty the neighbour steps (and where the penalty applies), the x_t' noise and (v2)
+    its absorbing uniforms, and with self-conditioning which examples get an estimate.
 
     ``sample`` draws them from ``generator`` (default: the device's default generator, the
     training stream); a test can supply its own draws to compare with another implementation
@@ -56,19 +64,26 @@ class LossDraws:
     active: torch.Tensor | None = None
     nb_noise: torch.Tensor | None = None
     self_cond: torch.Tensor | None = None  # bool [B]: which examples get their own estimate
+    absorb_uniform: torch.Tensor | None = None  # [B, N]: DiffuSeq-v2's absorbing draw at t
+    nb_absorb_uniform: torch.Tensor | None = None  # [B, N]: the same at t'
 
     @classmethod
     def sample(cls, x0_mean: torch.Tensor, t: torch.Tensor, neighbours: NeighbourRule | None = None,
-               self_cond: bool = False, generator: torch.Generator | None = None) -> "LossDraws":
+               self_cond: bool = False, generator: torch.Generator | None = None,
+               absorbing: bool = False) -> "LossDraws":
+        """The draws of one evaluation from ``generator``; ``absorbing``: with DiffuSeq-v2's discrete noise."""
         def noise() -> torch.Tensor:
             return torch.randn(x0_mean.shape, dtype=x0_mean.dtype, device=x0_mean.device, generator=generator)
 
+        def uniform() -> torch.Tensor | None:
+            return (torch.rand(x0_mean.shape[:2], device=x0_mean.device, generator=generator) if absorbing
+                    else None)
+
         x0_noise = noise()
-        if neighbours is None:
-            draws = cls(x0_noise, noise())
-        else:  # the order of Bridge-Gap's draws
-            t_nb, active = neighbours.draw(t, generator)
-            draws = cls(x0_noise, noise(), t_nb, active, noise())
+        draws = cls(x0_noise, noise(), absorb_uniform=uniform())
+        if neighbours is not None:  # the order of Bridge-Gap's draws
+            draws.t_nb, draws.active = neighbours.draw(t, generator)
+            draws.nb_noise, draws.nb_absorb_uniform = noise(), uniform()
         if self_cond:
             draws.self_cond = torch.rand(t.shape, device=t.device, generator=generator) < 0.5
         return draws
@@ -101,6 +116,23 @@ def _rounding_and_tT(net: nn.Module, diffusion: GaussianDiffusion, x0: torch.Ten
     return rounding, t_t
 
 
+def _noised(diffusion: GaussianDiffusion, net: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+           mask: torch.Tensor, denoise_rate: float | None, uniform: torch.Tensor | None) -> torch.Tensor:
+    """x_t of training: DiffuSeq's, or (a denoiser with ``mean_embed``) DiffuSeq-v2's centred on it, where with a
+    ``denoise_rate`` the tokens whose ``uniform`` is below ``denoise_rate sqrt(1 - ab_t)`` are absorbed."""
+    absorb = None if denoise_rate is None else uniform < diffusion.absorb_probs(t, denoise_rate)
+    return diffusion.q_sample(x0, t, noise, mask, getattr(net, "mean_embed", None), absorb)
+
+
+def _add_mean_embed_reg(terms: dict[str, torch.Tensor], net: nn.Module, reg_rate: float) -> None:
+    """A denoiser with ``mean_embed``: DiffuSeq-v2's ``reg = reg_rate ||mean_embed||_2`` (L2 norm, not squared),
+    the same for every example, as a term and added to ``loss``."""
+    mean = getattr(net, "mean_embed", None)
+    if mean is not None:
+        terms["reg"] = (reg_rate * mean.norm(p=2)).expand_as(terms["loss"])
+        terms["loss"] = terms["loss"] + terms["reg"]
+
+
 def predict(model: nn.Module, x_t: torch.Tensor, ts: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
     """f(x_t, t), with the previous estimate ``prev`` when the denoiser is self-conditioned."""
     return model(x_t, ts) if prev is None else model(x_t, ts, x0_prev=prev)
@@ -119,20 +151,23 @@ def predict_pair(model: nn.Module, x_a: torch.Tensor, ts_a: torch.Tensor, x_b: t
 
 def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.Tensor, mask: torch.Tensor,
                     t: torch.Tensor, with_nll: bool = False, draws: LossDraws | None = None,
-                    workspace: CrossEntropyWorkspace | None = None,
-                    generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """DiffuSeq's loss terms per example: ``loss``, ``mse``, ``rounding``, ``tT`` (and ``nll``); the random
-    ``draws`` are sampled from ``generator`` when not given."""
+                    workspace: CrossEntropyWorkspace | None = None, generator: torch.Generator | None = None,
+                    denoise_rate: float | None = None, reg_rate: float = 0.0) -> dict[str, torch.Tensor]:
+    """DiffuSeq's loss terms per example: ``loss``, ``mse``, ``rounding``, ``tT`` (and ``nll``; ``reg`` for a
+    denoiser with ``mean_embed``); the random ``draws`` are sampled from ``generator`` when not given.
+    ``denoise_rate``: DiffuSeq-v2's discrete noise (None: off)."""
     net = unwrap(model)
     x0_mean = net.get_embeds(ids)
-    draws = draws or LossDraws.sample(x0_mean, t, self_cond=getattr(net, "self_cond", False), generator=generator)
+    draws = draws or LossDraws.sample(x0_mean, t, self_cond=getattr(net, "self_cond", False), generator=generator,
+                                      absorbing=denoise_rate is not None)
     x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
-    x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
+    x_t = _noised(diffusion, net, x0, t, draws.xt_noise, mask, denoise_rate, draws.absorb_uniform)
     ts = diffusion.scale_timesteps(t)
     pred = predict(model, x_t, ts, self_cond_input(model, x_t, ts, mask, draws.self_cond))
     mse = torch.where(t == 0, mean_flat((x0_mean - pred) ** 2), mean_flat((x0 - pred) ** 2))
     rounding, t_t = _rounding_and_tT(net, diffusion, x0, ids, workspace)
     terms = {"loss": mse + rounding + t_t, "mse": mse, "rounding": rounding, "tT": t_t}
+    _add_mean_embed_reg(terms, net, reg_rate)
     if with_nll:
         with torch.no_grad():
             terms["nll"] = token_cross_entropy(pred, net.lm_head, ids, mask)
@@ -142,21 +177,23 @@ def diffuseq_losses(model: nn.Module, diffusion: GaussianDiffusion, ids: torch.T
 def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, penalty: DistancePenalty,
                             ids: torch.Tensor, mask: torch.Tensor, t: torch.Tensor, with_nll: bool = False,
                             batched: bool = True, draws: LossDraws | None = None,
-                            workspace: CrossEntropyWorkspace | None = None,
-                            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                            workspace: CrossEntropyWorkspace | None = None, generator: torch.Generator | None = None,
+                            denoise_rate: float | None = None, reg_rate: float = 0.0) -> dict[str, torch.Tensor]:
     """Post-training terms per example: ``loss``, ``mse`` (at t), ``mse_nb`` (at t'), ``penalty``, ...
 
     ``loss = (mse_t + mse_t' + 2 rounding + 2 tT + penalty) / 2``: the mse target is x0_mean
     for both predictions, and the penalty is zero where the neighbour draw found no neighbour.
+    A DiffuSeq-v2 denoiser's x_t and x_t' are both v2's (each with its own absorbing draw), and
+    ``loss`` gains its ``reg`` once (the half of the two base losses' ``2 reg``).
     """
     net = unwrap(model)
     x0_mean = net.get_embeds(ids)
     draws = draws or LossDraws.sample(x0_mean, t, penalty.neighbours, self_cond=getattr(net, "self_cond", False),
-                                      generator=generator)
+                                      generator=generator, absorbing=denoise_rate is not None)
     x0 = x0_mean + float(diffusion.sqrt_one_minus_alphas_cumprod[0]) * draws.x0_noise
     t_nb = draws.t_nb
-    x_t = diffusion.q_sample(x0, t, draws.xt_noise, mask)
-    x_nb = diffusion.q_sample(x0, t_nb, draws.nb_noise, mask)
+    x_t = _noised(diffusion, net, x0, t, draws.xt_noise, mask, denoise_rate, draws.absorb_uniform)
+    x_nb = _noised(diffusion, net, x0, t_nb, draws.nb_noise, mask, denoise_rate, draws.nb_absorb_uniform)
     ts, ts_nb = diffusion.scale_timesteps(t), diffusion.scale_timesteps(t_nb)
     pred, pred_nb = predict_pair(model, x_t, ts, x_nb, ts_nb, batched=batched,
                                  prev_a=self_cond_input(model, x_t, ts, mask, draws.self_cond),
@@ -167,6 +204,7 @@ def distance_penalty_losses(model: nn.Module, diffusion: GaussianDiffusion, pena
     rounding, t_t = _rounding_and_tT(net, diffusion, x0, ids, workspace)
     terms = {"loss": (mse + mse_nb + 2 * rounding + 2 * t_t + pen) / 2, "mse": mse, "mse_nb": mse_nb,
              "penalty": pen, "rounding": rounding, "tT": t_t}
+    _add_mean_embed_reg(terms, net, reg_rate)
     if with_nll:
         with torch.no_grad():
             terms["nll"] = token_cross_entropy(pred, net.lm_head, ids, mask)

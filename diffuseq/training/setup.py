@@ -48,7 +48,7 @@ SCHEDULE = ("learning_steps", "save_interval", "log_interval", "eval_interval", 
 MUTABLE = (*SCHEDULE, "wandb", "resume_checkpoint", "checkpoint_path", "tf32", "compile", "data_cache")
 # Fixed by the checkpoint a post-training starts from.
 ARCHITECTURE = ("seq_len", "hidden_dim", "hidden_t_dim", "diffusion_steps", "noise_schedule", "vocab", "vocab_size",
-                "config_name", "self_cond")
+                "config_name", "self_cond", "learned_mean_embed", "denoise", "denoise_rate")
 ENCODER_FLAGS = ("config_name", "num_layers", "num_heads", "hidden_size", "intermediate_size")
 
 
