@@ -6,6 +6,7 @@
     texts = model.generate(["how can i be a good geologist?"], respacing="adp_20", seeds=[10]).first
     per_seed = model.generate(sources, respacing="adp_20", seeds=[10, 11]).texts   # one list per seed
     steps = model.generate(sources, respacing="adp_20", return_x0=True).x0[0]     # every x_0 of the first seed
+    v2 = model.generate(sources, sampler="dpm-solver-v2", solver_steps=10).first  # DiffuSeq-v2's DPM-Solver
 
 The command-line decoder (``sample_seq2seq.py``) is a layer over this class.
 """
@@ -87,11 +88,18 @@ class Seq2SeqDiffusion:
         """T, the number of diffusion steps the model was trained with."""
         return self.config.diffusion_steps
 
+    @property
+    def denoise_rate(self) -> float:
+        """DiffuSeq-v2's absorbing rate of a DDPM decode: the training ``denoise_rate`` of a model trained with
+        ``denoise``, else 0 (v2's decoder reads it from training_args.json too)."""
+        return self.config.denoise_rate if self.config.denoise else 0.0
+
     def sampling(self, **settings: object) -> SamplerConfig:
-        """The decoding settings over this model's schedule: :class:`diffuseq.samplers.SamplerConfig` with its
-        defaults for what ``settings`` (``respacing``, ``eta``, ``clamp_step``, ``top_p``, ``clip_denoised``,
-        ``sigma_small``, ``sampler``) leaves out."""
-        return SamplerConfig(self.num_timesteps, self.config.noise_schedule, **settings)
+        """The decoding settings over this model's schedule (and DiffuSeq-v2 absorbing rate, :attr:`denoise_rate`):
+        :class:`diffuseq.samplers.SamplerConfig` with its defaults for what ``settings`` (``respacing``, ``eta``,
+        ``clamp_step``, ``top_p``, ``clip_denoised``, ``sigma_small``, ``sampler``, ``solver_steps``) leaves out."""
+        return SamplerConfig(self.num_timesteps, self.config.noise_schedule, denoise_rate=self.denoise_rate,
+                             **settings)
 
     @torch.inference_mode()
     def decode_data(self, data: Seq2SeqData, sampler: ReverseSampler, seed: int, indices: range | None = None,
@@ -155,10 +163,12 @@ class Seq2SeqDiffusion:
             sampling = self.sampling(**settings)
         elif settings:
             raise TypeError("generate takes the decoding settings as a SamplerConfig or as keywords, not both")
-        if (sampling.num_train_timesteps, sampling.noise_schedule) != (self.num_timesteps, self.config.noise_schedule):
+        process = (self.num_timesteps, self.config.noise_schedule, self.denoise_rate)
+        if (sampling.num_train_timesteps, sampling.noise_schedule, sampling.denoise_rate) != process:
             raise UserError(f"the decoding settings are for T = {sampling.num_train_timesteps} "
-                            f"({sampling.noise_schedule}); this model has T = {self.num_timesteps} "
-                            f"({self.config.noise_schedule}): build them with its sampling()")
+                            f"({sampling.noise_schedule}, denoise_rate {sampling.denoise_rate}); this model has "
+                            f"T = {self.num_timesteps} ({self.config.noise_schedule}, denoise_rate "
+                            f"{self.denoise_rate}): build them with its sampling()")
         data = encode_sources(list(sources), self.vocab, self.config.seq_len)
         if data.truncation is not None and data.truncation.truncated:
             logger.warning("%d of %d sources are longer than this model's seq_len %d holds with a target as long: "

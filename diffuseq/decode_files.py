@@ -97,9 +97,10 @@ class DecodeRun:
 
 
 def plan_output(config: DecodeConfig, sampling: SamplerConfig) -> tuple[Path, str]:
-    """The folder and the name (after ``seed<S>_``) of a decode's files: the flags as given, and the eta of
-    ``sampling`` (what they map to) where ``--step`` changed it."""
+    """The folder and the name (after ``seed<S>_``) of a decode's files: the flags as given, the eta of
+    ``sampling`` (the sampler's settings) where ``--step`` changed it, and dpm-solver-v2's steps where it has them."""
     extras = {"sampler": config.sampler if config.sampler not in ("", "ddpm", "ddim") else None,
+              "solversteps": sampling.solver_steps,
               "clampstep": config.clamp_step or None, "clip": config.clip_denoised or None,
               "sigmasmall": config.sigma_small or None, "ddimeta": sampling.eta if sampling.eta != config.eta else None,
               "dtype": config.dtype if config.dtype != "fp32" else None, "first": config.max_examples}
@@ -122,20 +123,20 @@ def run_decode(config: DecodeConfig, api: Seq2SeqDiffusion | None = None) -> Dec
         raise UserError(f"`out_dir` {out_root} is a file, not a folder")
     api = api or Seq2SeqDiffusion.from_checkpoint(config.model_path, dist_util.current_device(), config.dtype,
                                                   config.compile)
-    sampling = config.sampling(api.num_timesteps, api.config.noise_schedule)
-    sampler = create_sampler(sampling)
+    sampler = create_sampler(config.sampling(api.num_timesteps, api.config.noise_schedule, api.denoise_rate))
     data_dir = Path(config.data_dir or api.config.data_dir)
     data = load_split(data_dir, config.split, api.vocab, api.config.seq_len, config.max_examples,
                       cache=config.data_cache)
-    out_dir, name = plan_output(config, sampling)
+    out_dir, name = plan_output(config, sampler.config)
     if dist_util.rank() == 0:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"cannot create output folder {out_dir}: {err.strerror}") from None
+        grid = sampler.config.respacing or ("time-uniform" if sampler.config.solver_steps else "all")
         logger.info("decoding %d %s examples with %d denoising steps (respacing %r, %s, %s) on %d process(es) -> %s",
-                    len(data), config.split, sampler.num_steps, sampling.respacing or "all", sampler.name.upper(),
-                    config.dtype, dist_util.world_size(), out_dir)
+                    len(data), config.split, sampler.num_steps, grid, sampler.name.upper(), config.dtype,
+                    dist_util.world_size(), out_dir)
     settings = {"split": config.split, "data_dir": str(data_dir.resolve()), "max_examples": config.max_examples,
                 "dtype": config.dtype}
     info: dict[str, Any] = {"checkpoint": ckpt.file_identity(Path(config.model_path)), "settings": settings,

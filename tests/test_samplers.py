@@ -43,7 +43,8 @@ def _chain(sampler, preds, x_init, noise, mask=None, clamp=None):
     return torch.stack(samples), used
 
 
-@pytest.mark.parametrize("name", SAMPLERS)
+# dpm-solver-v2 steps on DiffuSeq-v2's continuous grid, not the respaced steps: its contract is in test_v2_decoding.py
+@pytest.mark.parametrize("name", [name for name in SAMPLERS if name != "dpm-solver-v2"])
 def test_every_sampler_keeps_the_contract(name):
     config = SamplerConfig(200, "sqrt", "adp_10", ETA[name], sampler=name, top_p=0.5 if name == "ddpm" else 0.0)
     sampler = create_sampler(config)

@@ -217,16 +217,17 @@ def test_absorbing_uniforms_follow_the_x_t_noise_in_the_training_stream():
     assert all(torch.equal(a, b) for a, b in zip((draws.x0_noise, draws.xt_noise, draws.absorb_uniform), expected))
     plain = LossDraws.sample(x0_mean, t, generator=torch.Generator().manual_seed(5))
     assert plain.absorb_uniform is None and torch.equal(plain.xt_noise, expected[1])
-    # with a penalty: x_0, x_t, absorb(t), neighbours, x_t', absorb(t')
+    # with a penalty, Bridge-Gap's order with the uniforms after their noise: x_0, neighbours, x_t, absorb(t), x_t',
+    # absorb(t')
     penalty = DistancePenalty.create("l2", -2.0, GaussianDiffusion.from_schedule("sqrt", 100), 10)
     draws = LossDraws.sample(x0_mean, t, penalty.neighbours, generator=torch.Generator().manual_seed(5),
                              absorbing=True)
     gen = torch.Generator().manual_seed(5)
-    for _ in range(2):
-        torch.randn(3, 7, 4, generator=gen)
-    assert torch.equal(draws.absorb_uniform, torch.rand(3, 7, generator=gen))
+    assert torch.equal(draws.x0_noise, torch.randn(3, 7, 4, generator=gen))
     t_nb, _ = penalty.neighbours.draw(t, gen)
-    assert torch.equal(draws.t_nb, t_nb) and torch.equal(draws.nb_noise, torch.randn(3, 7, 4, generator=gen))
+    assert torch.equal(draws.t_nb, t_nb) and torch.equal(draws.xt_noise, torch.randn(3, 7, 4, generator=gen))
+    assert torch.equal(draws.absorb_uniform, torch.rand(3, 7, generator=gen))
+    assert torch.equal(draws.nb_noise, torch.randn(3, 7, 4, generator=gen))
     assert torch.equal(draws.nb_absorb_uniform, torch.rand(3, 7, generator=gen))
 
 

@@ -4,6 +4,7 @@
         --seed2 10 --split test --out_dir generation_outputs --decode_respacing adp_20
     torchrun --nproc_per_node=4 sample_seq2seq.py ... --seeds 10,11,12     # ranks split the inputs
     python sample_seq2seq.py --model_path ... --decode_respacing adp_20 --input sources.txt --output out.txt
+    python sample_seq2seq.py --model_path ... --split test --sampler dpm-solver-v2 --solver_steps 10   # DiffuSeq-v2's
 
 Outputs of a split go where DiffuSeq puts them: <out_dir>/<checkpoint folder>/<checkpoint file>.samples/,
 one file per seed named as Bridge-Gap names it (seed<S>_step<step>_eta<eta>_respace_<spacing>_<split>_...json).
@@ -35,7 +36,7 @@ def decode_lines(config: DecodeConfig, api: Seq2SeqDiffusion) -> None:
         raise UserError(f"--input {config.input}: cannot read it as UTF-8 text ({err})") from None
     if not sources:
         raise UserError(f"--input {config.input} holds no lines")
-    sampling = config.sampling(api.num_timesteps, api.config.noise_schedule)
+    sampling = config.sampling(api.num_timesteps, api.config.noise_schedule, api.denoise_rate)
     seeds = config.seed_list()
     outputs = {seed: output_path(config.output, seed, len(seeds)) for seed in seeds} if config.output else {}
     if config.output and Path(config.output).is_dir():

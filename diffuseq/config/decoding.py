@@ -33,7 +33,11 @@ class DecodeConfig:
     step: int | None = option(None, "the model's T (as in the paper's command); S < T alone means DiffuSeq's "
                                     "S-step DDIM")
     decode_respacing: str = option("", "'', N, a,b,c, [a,b,c], ddimN, x2_N or adp_N")
-    sampler: str = option("", "reverse process (default: ddim when --eta >= 0, else ddpm)", choices=("", *SAMPLERS))
+    sampler: str = option("", "reverse process (default: ddim when --eta >= 0, else ddpm); dpm-solver-v2: "
+                              "DiffuSeq-v2's DPM-Solver decode", choices=("", *SAMPLERS))
+    solver_steps: int | None = option(None, "dpm-solver-v2: its number of steps (network evaluations) on its "
+                                            "time-uniform grid, DiffuSeq-v2's --step (default 10); with "
+                                            "--decode_respacing its grid is the kept steps instead")
     eta: float = option(-1.0, "-1: DDPM; in [0, 1]: DDIM with this eta")
     clamp_step: int = option(0, "clamp x_0 to the nearest embedding while the respaced step index i >= K (i counts "
                                 "down from N-1 to 0): 0 clamps at every step")
@@ -90,16 +94,20 @@ class DecodeConfig:
         if self.input and self.evaluate:
             raise UserError("`evaluate` needs references: decode a split, not `input`")
         # --sampler ddim alone is DDIM with eta 0: named (file names, meta) as a decode given --eta 0
-        self.eta = SamplerConfig(eta=self.eta, clamp_step=self.clamp_step, top_p=self.top_p,
-                                 sampler=self.sampler).resolve().eta
+        self.eta = SamplerConfig(respacing=self.decode_respacing, eta=self.eta, clamp_step=self.clamp_step,
+                                 top_p=self.top_p, sampler=self.sampler, solver_steps=self.solver_steps).resolve().eta
         self.seed_list()
 
-    def sampling(self, num_train_timesteps: int, noise_schedule: str) -> SamplerConfig:
-        """The reverse process these flags name for a model of ``num_train_timesteps`` steps (T) and
-        ``noise_schedule``: ``--step`` reconciled with T (:func:`check_step_flag`), the sampler resolved."""
-        respacing, eta = check_step_flag(self.step, num_train_timesteps, self.decode_respacing, self.eta)
+    def sampling(self, num_train_timesteps: int, noise_schedule: str, denoise_rate: float = 0.0) -> SamplerConfig:
+        """The reverse process these flags name for a model of ``num_train_timesteps`` steps (T),
+        ``noise_schedule`` and DiffuSeq-v2 absorbing rate ``denoise_rate`` (the checkpoint's, see
+        :attr:`Seq2SeqDiffusion.denoise_rate`): ``--step`` reconciled with T (:func:`check_step_flag`), the
+        sampler resolved."""
+        respacing, eta = check_step_flag(self.step, num_train_timesteps, self.decode_respacing, self.eta,
+                                         self.sampler)
         return SamplerConfig(num_train_timesteps, noise_schedule, respacing, eta, self.clamp_step,
-                             self.clip_denoised, self.top_p, self.sigma_small, self.sampler).resolve()
+                             self.clip_denoised, self.top_p, self.sigma_small, self.sampler, self.solver_steps,
+                             denoise_rate).resolve()
 
     def seed_list(self) -> list[int]:
         """``--seeds`` as integers (distinct, in 0..2**32-1 as numpy's seeds), else ``[--seed2]``."""
@@ -135,18 +143,23 @@ class DecodeConfig:
             raise UserError(f"{meta_file} holds no decode configuration ({err})") from None
 
 
-def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str, eta: float) -> tuple[str, float]:
-    """Reconcile ``--step`` with the model's T and ``--decode_respacing``; return (respacing, eta).
+def check_step_flag(step: int | None, num_train_timesteps: int, respacing: str, eta: float,
+                    sampler: str = "") -> tuple[str, float]:
+    """Reconcile ``--step`` with the model's T, ``--decode_respacing`` and ``--sampler``; return (respacing, eta).
 
     ``--step T`` (or none) keeps the respacing. ``--step S < T`` without a respacing is
     DiffuSeq's DDIM with S steps (eta 0 unless ``--eta`` is given), over S evenly spaced steps
     ending at t = 0: DiffuSeq's own loop (stride T // S from T - 1) never reaches t = 0.
-    Anything else conflicts and is an error.
+    Anything else conflicts and is an error, as is ``--step S < T`` with a sampler other than DDIM.
     """
     if step is None or step == num_train_timesteps:
         return respacing, eta
     if step > num_train_timesteps or step < 1:
         raise UserError(f"`step` {step} is outside the model's 1..{num_train_timesteps} diffusion steps")
+    if sampler not in ("", "ddim"):
+        steps_flag = "`solver_steps` or `decode_respacing`" if sampler == "dpm-solver-v2" else "`decode_respacing`"
+        raise UserError(f"`step` {step} < T = {num_train_timesteps} is DiffuSeq's {step}-step DDIM, not `sampler` "
+                        f"{sampler}: pass `step` {num_train_timesteps} (or none) and the steps as {steps_flag}")
     if respacing:
         raise UserError(f"`step` {step} conflicts with `decode_respacing` {respacing!r}: the model has "
                         f"T = {num_train_timesteps}; pass `step` {num_train_timesteps} with a respacing, "

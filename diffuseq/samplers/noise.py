@@ -8,7 +8,8 @@ import torch
 
 
 class ExampleNoise:
-    """Gaussian noise drawn on ``device`` from one generator per example, seeded by (seed, example index).
+    """Gaussian noise (and DiffuSeq-v2's uniform absorbing draws) drawn on ``device`` from one generator per
+    example, seeded by (seed, example index).
 
     The draws of an example depend only on the seed and its index, never on the batch or the process
     it is decoded in. On a CPU the generators are CPU generators; on a GPU they live on the GPU
@@ -38,3 +39,9 @@ class ExampleNoise:
                     outside = z.abs() > top_p
             draws.append(z)
         return torch.stack(draws).to(self.dtype)
+
+    def uniform(self) -> torch.Tensor:
+        """The next uniform draw in [0, 1) of every example, one per position: [B, *shape[:-1]] (DiffuSeq-v2's
+        absorbing draws, one per token)."""
+        return torch.stack([torch.rand(self.shape[:-1], generator=gen, device=self.device)
+                            for gen in self.generators])

@@ -48,10 +48,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @dataclass
 class LossDraws:
-    """Every random draw of one loss evaluation, in this order: the x_0 noise, the x_t noise, with DiffuSeq-v2's
-    discrete noise the uniforms of its absorbing draw ([B, N]: a token is absorbed where its uniform is below the
-    probability), with a penalty the neighbour steps (and where the penalty applies), the x_t' noise and (v2)
-    its absorbing uniforms, and with self-conditioning which examples get an estimate.
+    """Every random draw of one loss evaluation, in this order: the x_0 noise; with a penalty the neighbour steps
+    (and where the penalty applies); the x_t noise; with DiffuSeq-v2's discrete noise the uniforms of its absorbing
+    draw ([B, N]: a token is absorbed where its uniform is below the probability); with a penalty the x_t' noise and
+    (v2) its absorbing uniforms; with self-conditioning which examples get an estimate.
 
     ``sample`` draws them from ``generator`` (default: the device's default generator, the
     training stream); a test can supply its own draws to compare with another implementation
@@ -80,9 +80,11 @@ class LossDraws:
                     else None)
 
         x0_noise = noise()
-        draws = cls(x0_noise, noise(), absorb_uniform=uniform())
-        if neighbours is not None:  # the order of Bridge-Gap's draws
-            draws.t_nb, draws.active = neighbours.draw(t, generator)
+        if neighbours is None:
+            draws = cls(x0_noise, noise(), absorb_uniform=uniform())
+        else:  # the order of Bridge-Gap's draws: x_0 noise, neighbours, x_t noise, x_t' noise
+            t_nb, active = neighbours.draw(t, generator)
+            draws = cls(x0_noise, noise(), t_nb, active, absorb_uniform=uniform())
             draws.nb_noise, draws.nb_absorb_uniform = noise(), uniform()
         if self_cond:
             draws.self_cond = torch.rand(t.shape, device=t.device, generator=generator) < 0.5
