@@ -47,27 +47,26 @@ BERT_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "hidden_siz
                "pad_token_id": 0, "position_embedding_type": "absolute"}
 
 
-def load_original(path: Path) -> SimpleNamespace:
-    """Import one checkout's modules (both name their package ``diffuseq``, so the other's are dropped first)."""
+# the modules of a checkout that the fixtures use, by the name they get in ``load_original``'s namespace
+ORIGINAL_MODULES = {"gd": "diffuseq.gaussian_diffusion", "step_sample": "diffuseq.step_sample",
+                    "model": "diffuseq.transformer_model", "rounding": "diffuseq.rounding",
+                    "text_datasets": "diffuseq.text_datasets", "dist_util": "diffuseq.utils.dist_util",
+                    "logger": "diffuseq.utils.logger", "basic_utils": "basic_utils", "train_util": "train_util"}
+
+
+def load_original(path: Path, modules: dict[str, str] | None = None) -> SimpleNamespace:
+    """Import one checkout's ``modules`` (default ``ORIGINAL_MODULES``); every checkout names its package
+    ``diffuseq``, so another's modules are dropped first."""
+    modules = ORIGINAL_MODULES if modules is None else modules
     for name in list(sys.modules):
-        if name.split(".")[0] in THEIR_TOP_LEVEL:
+        if name.split(".")[0] in {*THEIR_TOP_LEVEL, *(module.split(".")[0] for module in modules.values())}:
             del sys.modules[name]
     sys.path.insert(0, str(path))
     cwd = os.getcwd()
     os.chdir(path)  # basic_utils reads diffuseq/config.json relative to the working folder
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            mods = SimpleNamespace(
-                gd=importlib.import_module("diffuseq.gaussian_diffusion"),
-                step_sample=importlib.import_module("diffuseq.step_sample"),
-                model=importlib.import_module("diffuseq.transformer_model"),
-                rounding=importlib.import_module("diffuseq.rounding"),
-                text_datasets=importlib.import_module("diffuseq.text_datasets"),
-                dist_util=importlib.import_module("diffuseq.utils.dist_util"),
-                logger=importlib.import_module("diffuseq.utils.logger"),
-                basic_utils=importlib.import_module("basic_utils"),
-                train_util=importlib.import_module("train_util"),
-            )
+            mods = SimpleNamespace(**{key: importlib.import_module(module) for key, module in modules.items()})
             mods.defaults = mods.basic_utils.load_defaults_config()
     finally:
         os.chdir(cwd)

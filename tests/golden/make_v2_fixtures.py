@@ -47,7 +47,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "fixtures"
 ROOT = HERE.parent.parent
-THEIR_TOP_LEVEL = ("diffuseq", "basic_utils", "train_util", "dpm_solver_pytorch")
+sys.path.insert(0, str(HERE))
+from make_fixtures import ORIGINAL_MODULES, load_original  # noqa: E402  (the same import of a checkout)
 
 # the tiny model of make_fixtures.py
 VOCAB, HIDDEN_DIM, SEQ_LEN, BATCH = 30, 16, 12, 4
@@ -72,30 +73,8 @@ def load_v2(path: Path) -> SimpleNamespace:
         stub.log = lambda *args, **kwargs: None
         stub.config = SimpleNamespace(update=lambda *args, **kwargs: None)
         sys.modules["wandb"] = stub
-    for name in list(sys.modules):
-        if name.split(".")[0] in THEIR_TOP_LEVEL:
-            del sys.modules[name]
-    sys.path.insert(0, str(path))
-    cwd = os.getcwd()
-    os.chdir(path)  # basic_utils reads diffuseq/config.json relative to the working folder
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            mods = SimpleNamespace(
-                gd=importlib.import_module("diffuseq.gaussian_diffusion"),
-                step_sample=importlib.import_module("diffuseq.step_sample"),
-                model=importlib.import_module("diffuseq.transformer_model"),
-                rounding=importlib.import_module("diffuseq.rounding"),
-                dist_util=importlib.import_module("diffuseq.utils.dist_util"),
-                logger=importlib.import_module("diffuseq.utils.logger"),
-                basic_utils=importlib.import_module("basic_utils"),
-                train_util=importlib.import_module("train_util"),
-                dpm=importlib.import_module("dpm_solver_pytorch"),
-            )
-            mods.defaults = mods.basic_utils.load_defaults_config()
-    finally:
-        os.chdir(cwd)
-        sys.path.remove(str(path))
-    return mods
+    modules = {key: module for key, module in ORIGINAL_MODULES.items() if key != "text_datasets"}  # needs `datasets`
+    return load_original(path, {**modules, "dpm": "dpm_solver_pytorch"})
 
 
 def quiet(fn, *args, **kwargs):
