@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole method on the embedded WordNet data, on a CPU, in about 8 minutes on 2 idle cores:
+# The whole method on the embedded WordNet data, on a CPU, in about 10 minutes on 2 idle cores:
 #   1. train a small DiffuSeq model,
 #   2. post-train it with the Distance Penalty (l2_noise_random, lambda -2),
 #   3. decode and score the test split with adp_20, a uniform 20-step respacing and all T steps,
