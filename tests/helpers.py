@@ -12,6 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffuseq.config import parse_train_args
+from diffuseq.data.vocab import WordVocab
+from diffuseq.model import EncoderConfig
+from diffuseq.training.loop import Trainer
+
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the cat sat on a mat dog ran to big red house small blue car green tree old man sea".split()
 
@@ -85,3 +90,36 @@ class HalfModel(nn.Module):
 
     def forward(self, x, t):
         return x / 2
+
+
+def tiny_encoder(bert_config: dict) -> EncoderConfig:
+    """The encoder size of a golden fixture's BERT config."""
+    return EncoderConfig(num_layers=bert_config["num_hidden_layers"], hidden_size=bert_config["hidden_size"],
+                         num_heads=bert_config["num_attention_heads"],
+                         intermediate_size=bert_config["intermediate_size"],
+                         attention_dropout=bert_config["attention_probs_dropout_prob"],
+                         max_positions=bert_config["max_position_embeddings"])
+
+
+def golden_trainer(tmp_path: Path, settings: dict, bert_config: dict, **flags: object) -> Trainer:
+    """A Trainer of a golden fixture's training settings: a 26-word vocabulary, the fixture's BERT config,
+    hidden_dim 16, seq_len 12, no dropout (their fp16 is a no-op on a CPU: fp32); ``flags`` add or override."""
+    words = [chr(ord("a") + i) for i in range(26)]
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        write_pairs(data / f"{split}.jsonl", [(" ".join(words[i:i + 3]), " ".join(words[i + 3:i + 6]))
+                                             for i in range(16)])
+    (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
+    (tmp_path / "bert.json").write_text(json.dumps(bert_config))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    flags = {"data_dir": data, "checkpoint_path": folder, "vocab": tmp_path / "words.txt", "seq_len": 12,
+             "config_name": tmp_path / "bert.json", "hidden_dim": 16, "hidden_t_dim": 16, "dropout": 0.0,
+             "diff_steps": settings["diffusion_steps"], "bsz": settings["batch_size"],
+             "microbatch": settings["microbatch"], "learning_steps": settings["learning_steps"], "lr": settings["lr"],
+             "ema_rate": settings["ema_rate"], "weight_decay": settings["weight_decay"],
+             "gradient_clipping": settings["gradient_clipping"], "schedule_sampler": settings["schedule_sampler"],
+             "seed": 1, "eval_interval": 0, **flags}
+    cfg = parse_train_args([item for key, value in flags.items() for item in (f"--{key}", str(value))])
+    return Trainer(cfg, folder, WordVocab.from_word_list(tmp_path / "words.txt"), torch.device("cpu"))

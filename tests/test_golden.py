@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import write_pairs
+from helpers import golden_trainer, tiny_encoder
 
-from diffuseq.config import parse_decode_args, parse_train_args
+from diffuseq.config import parse_decode_args
 from diffuseq.data import encode_pairs
 from diffuseq.data.vocab import WordPieceVocab, WordVocab
 from diffuseq.data.vocab import decode_text
@@ -25,9 +25,8 @@ from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.diffusion.respace import space_timesteps
 from diffuseq.diffusion.schedules import get_named_beta_schedule
 from diffuseq.errors import UserError
-from diffuseq.model import EncoderConfig, TransformerNetModel
+from diffuseq.model import TransformerNetModel
 from diffuseq.model import checkpoints as ckpt
-from diffuseq.training.loop import Trainer
 from diffuseq.training.losses import LossDraws, diffuseq_losses, distance_penalty_losses
 from diffuseq.diffusion.penalty import DistancePenalty, noise_windows
 from diffuseq.diffusion.timesteps import LossAwareTimesteps, create_timestep_distribution
@@ -42,14 +41,6 @@ def load(name: str):
 @pytest.fixture(scope="module")
 def denoiser_fixture():
     return load("denoiser.pt")
-
-
-def tiny_encoder(bert_config: dict) -> EncoderConfig:
-    return EncoderConfig(num_layers=bert_config["num_hidden_layers"], hidden_size=bert_config["hidden_size"],
-                         num_heads=bert_config["num_attention_heads"],
-                         intermediate_size=bert_config["intermediate_size"],
-                         attention_dropout=bert_config["attention_probs_dropout_prob"],
-                         max_positions=bert_config["max_position_embeddings"])
 
 
 def tiny_model(state: dict, bert_config: dict) -> TransformerNetModel:
@@ -314,30 +305,6 @@ def test_noise_neighbour_draws_cover_bridge_gaps_support():
             assert torch.equal(active, nb != t)
 
 
-def _golden_trainer(tmp_path: Path, settings: dict, bert_config: dict) -> Trainer:
-    words = [chr(ord("a") + i) for i in range(26)]
-    data = tmp_path / "data"
-    data.mkdir()
-    for split in ("train", "valid", "test"):
-        write_pairs(data / f"{split}.jsonl", [(" ".join(words[i:i + 3]), " ".join(words[i + 3:i + 6]))
-                                             for i in range(16)])
-    (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
-    (tmp_path / "bert.json").write_text(json.dumps(bert_config))
-    folder = tmp_path / "run"
-    folder.mkdir()
-    flags = dict(data_dir=data, checkpoint_path=folder, vocab=tmp_path / "words.txt", seq_len=12,
-                 config_name=tmp_path / "bert.json", hidden_dim=16, hidden_t_dim=16, dropout=0.0,
-                 diff_steps=settings["diffusion_steps"], bsz=settings["batch_size"], microbatch=settings["microbatch"],
-                 learning_steps=settings["learning_steps"], lr=settings["lr"], ema_rate=settings["ema_rate"],
-                 weight_decay=settings["weight_decay"], gradient_clipping=settings["gradient_clipping"],
-                 schedule_sampler=settings["schedule_sampler"], seed=1, eval_interval=0)
-    if settings["simi_penalty"]:
-        flags.update(simi_penalty=settings["simi_penalty"], simi_lambda=-2.0, simi_step=10, simi_noise=0.05)
-    cfg = parse_train_args([item for key, value in flags.items() for item in (f"--{key}", str(value))])
-    vocab = WordVocab.from_word_list(tmp_path / "words.txt")
-    return Trainer(cfg, folder, vocab, torch.device("cpu"))
-
-
 TRAINING = load("training.pt")
 
 
@@ -345,7 +312,9 @@ TRAINING = load("training.pt")
 def test_optimizer_steps_match_the_original_training_loop(name, tmp_path, monkeypatch, denoiser_fixture):
     run = TRAINING[name]
     settings = run["settings"]
-    trainer = _golden_trainer(tmp_path, settings, denoiser_fixture["bert_config"])
+    penalty = ({"simi_penalty": settings["simi_penalty"], "simi_lambda": -2.0, "simi_step": 10, "simi_noise": 0.05}
+               if settings["simi_penalty"] else {})
+    trainer = golden_trainer(tmp_path, settings, denoiser_fixture["bert_config"], **penalty)
     if settings["resume_step"]:
         other = tmp_path / "base_run"  # post-training starts from another run's files: weights and EMA only
         other.mkdir()

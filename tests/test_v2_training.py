@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_clean_error, make_toy_dataset, run_script, tiny_args, write_pairs
+from helpers import assert_clean_error, golden_trainer, make_toy_dataset, run_script, tiny_args, tiny_encoder
 
 from diffuseq.config import TrainConfig, parse_train_args
-from diffuseq.data.vocab import WordVocab
 from diffuseq.diffusion.penalty import DistancePenalty, mean_flat
 from diffuseq.diffusion.process import GaussianDiffusion
 from diffuseq.diffusion.schedules import get_named_beta_schedule, warmup_decay_betas
 from diffuseq.errors import UserError
 from diffuseq.loading import load_checkpoint
-from diffuseq.model import EncoderConfig, TransformerNetModel
+from diffuseq.model import TransformerNetModel
 from diffuseq.model import checkpoints as ckpt
 from diffuseq.training.loop import Trainer
 from diffuseq.training.losses import LossDraws, diffuseq_losses, distance_penalty_losses
@@ -42,14 +41,6 @@ def load(name: str):
 MODEL = load("v2_model.pt")
 STATE = MODEL["state_dict"]
 V1_STATE = {k: v for k, v in STATE.items() if k != "mean_embed"}
-
-
-def tiny_encoder(bert_config: dict) -> EncoderConfig:
-    return EncoderConfig(num_layers=bert_config["num_hidden_layers"], hidden_size=bert_config["hidden_size"],
-                         num_heads=bert_config["num_attention_heads"],
-                         intermediate_size=bert_config["intermediate_size"],
-                         attention_dropout=bert_config["attention_probs_dropout_prob"],
-                         max_positions=bert_config["max_position_embeddings"])
 
 
 def v2_model(state: dict = STATE) -> TransformerNetModel:
@@ -282,27 +273,8 @@ TRAINING = load("v2_training.pt")
 def _v2_trainer(tmp_path: Path, **overrides: object) -> Trainer:
     """A Trainer of the fixture's settings (their vocabulary size, fp32: their fp16 is a no-op on a CPU)."""
     settings = TRAINING["settings"]
-    words = [chr(ord("a") + i) for i in range(26)]
-    data = tmp_path / "data"
-    data.mkdir()
-    for split in ("train", "valid", "test"):
-        write_pairs(data / f"{split}.jsonl", [(" ".join(words[i:i + 3]), " ".join(words[i + 3:i + 6]))
-                                             for i in range(16)])
-    (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
-    (tmp_path / "bert.json").write_text(json.dumps(MODEL["bert_config"]))
-    folder = tmp_path / "run"
-    folder.mkdir()
-    flags = dict(data_dir=data, checkpoint_path=folder, vocab=tmp_path / "words.txt", seq_len=12,
-                 config_name=tmp_path / "bert.json", hidden_dim=16, hidden_t_dim=16, dropout=0.0,
-                 diff_steps=settings["diffusion_steps"], noise_schedule="sqrt", bsz=settings["batch_size"],
-                 microbatch=settings["microbatch"], learning_steps=settings["learning_steps"], lr=settings["lr"],
-                 ema_rate=settings["ema_rate"], weight_decay=settings["weight_decay"],
-                 gradient_clipping=settings["gradient_clipping"], schedule_sampler=settings["schedule_sampler"],
-                 learned_mean_embed=True, denoise=settings["denoise"], denoise_rate=settings["denoise_rate"],
-                 seed=1, eval_interval=0)
-    flags.update(overrides)
-    cfg = parse_train_args([item for key, value in flags.items() for item in (f"--{key}", str(value))])
-    return Trainer(cfg, folder, WordVocab.from_word_list(tmp_path / "words.txt"), torch.device("cpu"))
+    return golden_trainer(tmp_path, settings, MODEL["bert_config"], noise_schedule="sqrt", learned_mean_embed=True,
+                          denoise=settings["denoise"], denoise_rate=settings["denoise_rate"], **overrides)
 
 
 def test_optimizer_steps_match_their_training_loop(tmp_path, monkeypatch):

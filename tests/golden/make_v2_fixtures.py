@@ -48,15 +48,10 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "fixtures"
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from make_fixtures import ORIGINAL_MODULES, load_original  # noqa: E402  (the same import of a checkout)
+from make_fixtures import (BATCH, BERT_CONFIG, HIDDEN_DIM, ORIGINAL_MODULES, SEQ_LEN, VOCAB,  # noqa: E402
+                           load_original, toy_batch)
 
-# the tiny model of make_fixtures.py
-VOCAB, HIDDEN_DIM, SEQ_LEN, BATCH = 30, 16, 12, 4
-BERT_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
-               "num_attention_heads": 2, "intermediate_size": 64, "hidden_act": "gelu",
-               "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 64,
-               "layer_norm_eps": 1e-12, "type_vocab_size": 2, "vocab_size": VOCAB, "initializer_range": 0.02,
-               "pad_token_id": 0, "position_embedding_type": "absolute"}
+# the tiny model and toy batch of make_fixtures.py (VOCAB, HIDDEN_DIM, SEQ_LEN, BATCH, BERT_CONFIG, toy_batch)
 MODEL_SEED = 7
 # what their scripts/train.sh passes (the rest are their diffuseq/config.json defaults)
 TRAIN_SH = {"diffusion_steps": 2000, "noise_schedule": "sqrt", "learned_mean_embed": True, "denoise": True,
@@ -201,18 +196,6 @@ def build(v2: SimpleNamespace, config_dir: str, state: dict | None = None, **ove
     if state is not None:
         model.load_state_dict({k: v for k, v in state.items() if k != "mean_embed" or model.mean_embed is not None})
     return model, diffusion, args
-
-
-def toy_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """make_fixtures.toy_batch: source, [SEP] (id 3), target, padding (id 0); mask 1 on the target."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, VOCAB, (BATCH, SEQ_LEN), generator=gen)
-    mask = torch.zeros(BATCH, SEQ_LEN, dtype=torch.long)
-    for row, src_len in enumerate((3, 4, 5, 2)):
-        ids[row, src_len] = 3
-        mask[row, src_len + 1:] = 1
-        ids[row, SEQ_LEN - row:] = 0
-    return ids, mask
 
 
 def stacked(calls: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
