@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The whole method on the embedded WordNet data, on a CPU, in about 10 minutes on 2 idle cores:
+# The whole method on the embedded WordNet data, on a CPU, in about 12 minutes on 2 idle cores:
 #   1. train a small DiffuSeq model,
 #   2. post-train it with the Distance Penalty (l2_noise_random, lambda -2),
-#   3. decode and score the test split with adp_20, a uniform 20-step respacing and all T steps,
-#   4. print one table.
+#   3. train a DiffuSeq-v2 model (--learned_mean_embed --denoise) for half the steps (V2=0 leaves it out),
+#   4. decode and score the test split with adp_20, a uniform 20-step respacing and all T steps, and the
+#      v2 model with adp_20 and v2's DPM-Solver at 10 steps,
+#   5. print one table.
 #
 #   bash scripts/demo.sh
 #
 # Make it larger with environment variables, e.g. on GPUs:
 #   NPROC=4 TRAIN_STEPS=50000 POST_STEPS=10000 LAYERS=12 HIDDEN=768 HEADS=12 FFN=3072 SEQ_LEN=128 \
 #   DIFF_STEPS=2000 BSZ=1024 DATA_DIR=datasets/QQP VOCAB=bert bash scripts/demo.sh
-# TRAIN_FLAGS adds training flags to both models, e.g. TRAIN_FLAGS=--self_cond (self-conditioning).
+# TRAIN_FLAGS adds training flags to every model, e.g. TRAIN_FLAGS=--self_cond (self-conditioning).
+# V2_STEPS (default TRAIN_STEPS / 2) and V2_FLAGS (default DiffuSeq-v2's train.sh) set the v2 model.
 # PRECISION (training) and DTYPE (decoding) default to bf16 where the CPU has native bf16 dot products
 # (avx512_bf16 or amx_bf16) and no GPU is used; on the embedded task bf16 gives the BLEU of fp32
 # within the seed spread (README, "Benchmarks"). PRECISION=fp32 DTYPE=fp32 runs everything in fp32.
@@ -36,6 +39,10 @@ VOCAB_SIZE=${VOCAB_SIZE:-4000}
 TEST_EXAMPLES=${TEST_EXAMPLES:-200}
 SEEDS=${SEEDS:-10,11,12}  # decoding seeds: the table gives BLEU as mean ± sd over them
 DECODE_BATCH=${DECODE_BATCH:-250}
+V2=${V2:-1}
+V2_STEPS=${V2_STEPS:-$((TRAIN_STEPS / 2))}
+V2_FLAGS=${V2_FLAGS:---learned_mean_embed True --denoise True --denoise_rate 0.5}
+SOLVER_STEPS=${SOLVER_STEPS:-10}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 if [ -z "${PRECISION:-}" ]; then
   PRECISION=fp32
@@ -53,30 +60,47 @@ COMMON=(--data_dir "$DATA_DIR" --dataset "$(basename "$DATA_DIR")" --vocab "$VOC
         --noise_schedule sqrt --bsz "$BSZ" --microbatch "$BSZ" --lr "$LR" --schedule_sampler lossaware
         --ema_rate 0.995 --log_interval 100 --eval_interval 1000 --seed 102 --precision "$PRECISION" ${TRAIN_FLAGS:-})
 
-echo "== 1/4 training for $TRAIN_STEPS steps"
+STAGES=$((V2 == 0 ? 4 : 5))
+stage=0
+say() { stage=$((stage + 1)); echo "== $stage/$STAGES $*"; }
+
+say "training for $TRAIN_STEPS steps"
 "${LAUNCH[@]}" "$ROOT/run_train.py" "${COMMON[@]}" --learning_steps "$TRAIN_STEPS" --save_interval "$TRAIN_STEPS" \
   --checkpoint_path "$OUT/base" --notes demo
 BASE_CKPT=$(printf "%s/base/ema_0.995_%06d.pt" "$OUT" "$TRAIN_STEPS")
 
-echo "== 2/4 distance-penalty post-training for $POST_STEPS steps"
+say "distance-penalty post-training for $POST_STEPS steps"
 TOTAL=$((TRAIN_STEPS + POST_STEPS))
 "${LAUNCH[@]}" "$ROOT/run_train.py" "${COMMON[@]}" --learning_steps "$TOTAL" --save_interval "$TOTAL" \
   --checkpoint_path "$OUT/post" --resume_checkpoint "$(printf "%s/base/model%06d.pt" "$OUT" "$TRAIN_STEPS")" \
   --simi_penalty l2_noise_random --simi_lambda -2 --simi_noise 0.05 --notes demo_post
 POST_CKPT=$(printf "%s/post/ema_0.995_%06d.pt" "$OUT" "$TOTAL")
 
-decode() {  # decode MODEL_NAME CHECKPOINT RESPACING LABEL: decode and score (one pipeline)
-  echo "== 3/4 decoding and scoring: $1 model, $4"
-  "${LAUNCH[@]}" "$ROOT/sample_seq2seq.py" --model_path "$2" --step "$DIFF_STEPS" --decode_respacing "$3" \
-    --batch_size "$DECODE_BATCH" --seeds "$SEEDS" --split test --max_examples "$TEST_EXAMPLES" \
-    --out_dir "$OUT/decode/$1__$4" --evaluate --dtype "$DTYPE"
-}
-decode base "$BASE_CKPT" adp_20 adp_20
-decode base "$BASE_CKPT" 20 uniform_20
-decode post-trained "$POST_CKPT" adp_20 adp_20
-decode post-trained "$POST_CKPT" 20 uniform_20
-decode post-trained "$POST_CKPT" "" all
+if [ "$V2" != 0 ]; then
+  say "DiffuSeq-v2 model ($V2_FLAGS): training for $V2_STEPS steps"
+  # shellcheck disable=SC2086  # V2_FLAGS is a list of flags
+  "${LAUNCH[@]}" "$ROOT/run_train.py" "${COMMON[@]}" $V2_FLAGS --learning_steps "$V2_STEPS" \
+    --save_interval "$V2_STEPS" --checkpoint_path "$OUT/v2" --notes demo_v2
+  V2_CKPT=$(printf "%s/v2/ema_0.995_%06d.pt" "$OUT" "$V2_STEPS")
+fi
 
-echo "== 4/4 results (test split, first $TEST_EXAMPLES examples, seeds $SEEDS)"
+say "decoding and scoring"
+decode() {  # decode MODEL_NAME CHECKPOINT LABEL [FLAGS...]: decode and score (one pipeline)
+  echo "-- $1 model, $3"
+  "${LAUNCH[@]}" "$ROOT/sample_seq2seq.py" --model_path "$2" --step "$DIFF_STEPS" "${@:4}" \
+    --batch_size "$DECODE_BATCH" --seeds "$SEEDS" --split test --max_examples "$TEST_EXAMPLES" \
+    --out_dir "$OUT/decode/$1__$3" --evaluate --dtype "$DTYPE"
+}
+decode base "$BASE_CKPT" adp_20 --decode_respacing adp_20
+decode base "$BASE_CKPT" uniform_20 --decode_respacing 20
+decode post-trained "$POST_CKPT" adp_20 --decode_respacing adp_20
+decode post-trained "$POST_CKPT" uniform_20 --decode_respacing 20
+decode post-trained "$POST_CKPT" all
+if [ "$V2" != 0 ]; then
+  decode v2 "$V2_CKPT" adp_20 --decode_respacing adp_20
+  decode v2 "$V2_CKPT" "time-uniform_$SOLVER_STEPS" --sampler dpm-solver-v2 --solver_steps "$SOLVER_STEPS"
+fi
+
+say "results (test split, first $TEST_EXAMPLES examples, seeds $SEEDS)"
 python "$ROOT/scripts/demo_table.py" "$OUT" | tee "$OUT/results.txt"
 echo "== done: everything is under $OUT"

@@ -1,16 +1,21 @@
-"""Reproduce the paper's speed/quality table on any dataset: models x samplers x {uniform, adp} x steps.
+"""Reproduce the paper's speed/quality table on any dataset: models x samplers x grids x steps.
 
     python scripts/reproduce.py --base BASE/ema_0.9999_050000.pt --post POST/ema_0.9999_060000.pt \
         --steps all,100,50,20,10,4 --seeds 10,11,12 --out_dir reproduce_outputs
     python scripts/reproduce.py --base B.pt --post P.pt --model self-cond=S.pt \
         --samplers ddpm,ddim,dpm++ --steps all,20,10,4,2 --seeds 10,11,12 --out_dir docs/samplers
+    python scripts/reproduce.py --base B.pt --model v2=V.pt --samplers ddpm,dpm-solver-v2 \
+        --grids uniform,adp,time-uniform --steps all,10,2 --out_dir v2_study
 
 Every cell (model x sampler x grid x steps; "all", the full-step reference, once per model, with
-the first sampler) is decoded with every seed and evaluated with the project's metrics; finished
-cells are not decoded again, so an interrupted run resumes. Each step is one network evaluation,
-for every sampler. Writes ``results.md`` (BLEU as seed mean +- standard deviation, ROUGE-L, dist-1,
-self-BLEU, wall time, speedup against the model's full-step DDPM decode) and two plots, one panel
-per model: ``bleu_vs_steps.png`` and ``bleu_vs_time.png``.
+the first sampler that steps through all T, DDPM when only ``dpm-solver-v2`` is named) is decoded
+with every seed and evaluated with the project's metrics; finished cells are not decoded again, so an
+interrupted run resumes. Each step is one network evaluation, for every sampler: ``dpm-solver-v2``'s
+cells of N steps keep N + 1 grid points (``uniform``: respacing ``N+1``, ``adp``: ``adp_{N+1}``), and
+its own grid, ``time-uniform``, is ``--solver_steps N`` (DiffuSeq-v2's decode). Writes ``results.md``
+(BLEU as seed mean +- standard deviation, ROUGE-L, dist-1, self-BLEU, wall time, speedup against the
+model's full-step DDPM decode) and two plots, one panel per model: ``bleu_vs_steps.png`` and
+``bleu_vs_time.png``.
 """
 
 from __future__ import annotations
@@ -37,12 +42,15 @@ from diffuseq.samplers import SAMPLERS
 logger = logging.getLogger("reproduce")
 
 
-GRIDS = ("uniform", "adp")
+GRIDS = ("uniform", "adp", "time-uniform")
+DEFAULT_GRIDS = ("uniform", "adp")
+SOLVER = "dpm-solver-v2"  # steps between grid points (N evaluations: N + 1 points); the only one with time-uniform
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One decode: a model, a sampler, a time grid and a number of steps (0 = all T steps)."""
+    """One decode: a model, a sampler, a time grid and a number of steps (network evaluations; 0 = all T
+    steps)."""
 
     model: str
     kind: str
@@ -58,9 +66,15 @@ class Cell:
         return "all" if self.steps == 0 else f"{self.kind}_{self.steps}"
 
     def respacing(self) -> str:
-        if self.steps == 0:
+        """The ``--decode_respacing`` of the cell ('' for all steps and for the solver's own grid)."""
+        if self.steps == 0 or self.kind == "time-uniform":
             return ""
-        return f"adp_{self.steps}" if self.kind == "adp" else str(self.steps)
+        points = self.steps + 1 if self.sampler == SOLVER else self.steps
+        return f"adp_{points}" if self.kind == "adp" else str(points)
+
+    def solver_steps(self) -> int | None:
+        """The ``--solver_steps`` of the cell (dpm-solver-v2 on its time-uniform grid only)."""
+        return self.steps if self.kind == "time-uniform" else None
 
 
 def parse_steps(text: str, num_timesteps: int) -> list[int]:
@@ -89,8 +103,8 @@ def parse_list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def parse_models(args: argparse.Namespace) -> dict[str, Path]:
-    """The checkpoints by name: ``--base``, ``--post`` and every ``--model NAME=CHECKPOINT``."""
-    paths = {"base": Path(args.base)}
+    """The checkpoints by name: ``--base``, ``--post`` and every ``--model NAME=CHECKPOINT`` (at least one)."""
+    paths = {"base": Path(args.base)} if args.base else {}
     if args.post:
         paths["post-trained"] = Path(args.post)
     for item in args.model:
@@ -100,34 +114,41 @@ def parse_models(args: argparse.Namespace) -> dict[str, Path]:
         if name in paths:
             raise UserError(f"--model {item!r}: the name {name!r} is taken")
         paths[name] = Path(path)
+    if not paths:
+        raise UserError("no model: give --base CHECKPOINT or --model NAME=CHECKPOINT")
     for name, path in paths.items():
         if not path.is_file():
             raise UserError(f"{name}: no checkpoint file {path}")
     return paths
 
 
-def plan_cells(models: list[str], steps: list[int], kinds: tuple[str, ...] = GRIDS,
+def plan_cells(models: list[str], steps: list[int], kinds: tuple[str, ...] = DEFAULT_GRIDS,
                samplers: tuple[str, ...] = ("ddpm",)) -> list[Cell]:
-    """Every cell to decode: per model and sampler, each grid x count (adp needs at least 3 steps); the
-    full-step decode (count 0), the reference of the speedups, only with the first sampler (DDPM by default)."""
+    """Every cell to decode: per model and sampler, each grid x count (adp needs at least 3 steps; time-uniform
+    is dpm-solver-v2's alone); the full-step decode (count 0), the reference of the speedups, with the first
+    sampler that steps through all T (DDPM if dpm-solver-v2 is the only one)."""
+    full = next((s for s in samplers if s != SOLVER), "ddpm")
     cells = []
     for model in models:
+        if 0 in steps:
+            cells.append(Cell(model, "all", 0, full))
         for sampler in samplers:
             for count in steps:
-                if count == 0:
-                    if sampler == samplers[0]:
-                        cells.append(Cell(model, "all", 0, sampler))
-                else:
+                if count:
                     cells.extend(Cell(model, kind, count, sampler) for kind in kinds
-                                 if not (kind == "adp" and count < 3))
+                                 if not (kind == "adp" and count < 3)
+                                 and (kind != "time-uniform" or sampler == SOLVER))
     return cells
 
 
 def cell_key(cell: Cell, checkpoint: dict, args: argparse.Namespace, data_dir: str) -> dict:
     """Everything that decides a cell's outputs: the checkpoint's identity and every setting."""
-    return {"checkpoint": checkpoint["sha256"], "checkpoint_path": checkpoint["path"], "respacing": cell.respacing(),
-            "sampler": cell.sampler, "dtype": args.dtype, "seeds": args.seed_list, "split": args.split,
-            "max_examples": args.max_examples, "data_dir": str(Path(data_dir).resolve())}
+    key = {"checkpoint": checkpoint["sha256"], "checkpoint_path": checkpoint["path"], "respacing": cell.respacing(),
+           "sampler": cell.sampler, "dtype": args.dtype, "seeds": args.seed_list, "split": args.split,
+           "max_examples": args.max_examples, "data_dir": str(Path(data_dir).resolve())}
+    if cell.solver_steps() is not None:  # (absent otherwise: the cells of earlier runs stay finished)
+        key["solver_steps"] = cell.solver_steps()
+    return key
 
 
 def cell_done(out_dir: Path, cell: Cell, key: dict) -> bool:
@@ -149,6 +170,7 @@ def decode_cell(cell: Cell, model_path: Path, api: Seq2SeqDiffusion, args: argpa
     if folder.exists():
         shutil.rmtree(folder)  # outputs of another checkpoint or other settings
     config = DecodeConfig(model_path=str(model_path), decode_respacing=cell.respacing(), sampler=cell.sampler,
+                          solver_steps=cell.solver_steps(),
                           split=args.split, seeds=args.seeds, batch_size=args.batch_size, out_dir=str(folder),
                           data_dir=args.data_dir, max_examples=args.max_examples, dtype=args.dtype, evaluate=True)
     config.validate()
@@ -213,12 +235,13 @@ def assemble(out_dir: Path, cells: list[Cell]) -> list[Row]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the base model's checkpoint (model/ema .pt)")
+    parser.add_argument("--base", default="", help="the base model's checkpoint (model/ema .pt)")
     parser.add_argument("--post", default="", help="the post-trained model's checkpoint")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT",
                         help="one more model (e.g. self-cond=RUN/ema_0.995_002000.pt); repeatable")
     parser.add_argument("--samplers", default="ddpm", help=f"comma-separated, of {', '.join(SAMPLERS)}")
-    parser.add_argument("--grids", default=",".join(GRIDS), help="time grids: uniform (N) and/or adp (adp_N)")
+    parser.add_argument("--grids", default=",".join(DEFAULT_GRIDS),
+                        help="time grids: uniform (N), adp (adp_N), time-uniform (dpm-solver-v2's own)")
     parser.add_argument("--steps", default="all,100,50,20,10,4", help="step counts; 'all' = every step of T")
     parser.add_argument("--seeds", default="10,11,12")
     parser.add_argument("--split", default="test")
@@ -232,14 +255,17 @@ def main() -> int:
     args.seed_list = DecodeConfig(seeds=args.seeds).seed_list()
     samplers = parse_list(args.samplers, SAMPLERS, "--samplers")
     grids = parse_list(args.grids, GRIDS, "--grids")
+    if "time-uniform" in grids and SOLVER not in samplers:
+        raise UserError(f"--grids time-uniform is the grid of --samplers {SOLVER}, which is not named")
     paths = parse_models(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = {name: Seq2SeqDiffusion.from_checkpoint(path, device, args.dtype) for name, path in paths.items()}
-    num_timesteps = loaded["base"].num_timesteps
+    first = next(iter(loaded))
+    num_timesteps = loaded[first].num_timesteps
     other = [name for name, api in loaded.items() if api.num_timesteps != num_timesteps]
     if other:
-        raise UserError(f"{', '.join(other)}: T differs from the base model's {num_timesteps}; the steps would "
-                        f"not compare")
+        raise UserError(f"{', '.join(other)}: T differs from the {first} model's {num_timesteps}; the steps "
+                        f"would not compare")
     cells = plan_cells(list(paths), parse_steps(args.steps, num_timesteps), tuple(grids), tuple(samplers))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +280,7 @@ def main() -> int:
     rows = assemble(out_dir, cells)
     table = format_table(rows, markdown=True)
     checkpoints = ", ".join(f"{name} `{path.parent.name}/{path.name}`" for name, path in paths.items())
-    header = (f"Test split ({args.split}, {args.data_dir or loaded['base'].config.data_dir}), "
+    header = (f"Test split ({args.split}, {args.data_dir or loaded[first].config.data_dir}), "
               f"{args.max_examples or 'all'} examples, seeds {args.seeds} (BLEU: mean ± standard deviation over "
               f"seeds), T = {num_timesteps}; steps = network evaluations; wall time is per seed, on {device}, "
               f"network in {args.dtype}. "

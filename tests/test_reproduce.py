@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -36,9 +37,20 @@ def test_cells_and_steps():
     assert cells[2].respacing() == "adp_20" and cells[1].respacing() == "20" and cells[0].respacing() == ""
     cells = reproduce.plan_cells(["m"], [0, 4], ("adp",), ("ddim", "dpm++"))
     assert [c.name for c in cells] == ["m__ddim__all", "m__ddim__adp_4", "m__dpm++__adp_4"]
+    # DiffuSeq-v2's solver: N evaluations keep N + 1 grid points; its own grid is --solver_steps N; the
+    # full-step reference is DDPM's when the solver is the only sampler
+    cells = reproduce.plan_cells(["m"], [0, 4, 2], reproduce.GRIDS, ("dpm-solver-v2",))
+    assert [(c.name, c.respacing(), c.solver_steps()) for c in cells] == [
+        ("m__ddpm__all", "", None), ("m__dpm-solver-v2__uniform_4", "5", None),
+        ("m__dpm-solver-v2__adp_4", "adp_5", None), ("m__dpm-solver-v2__time-uniform_4", "", 4),
+        ("m__dpm-solver-v2__uniform_2", "3", None), ("m__dpm-solver-v2__time-uniform_2", "", 2)]
+    cells = reproduce.plan_cells(["m"], [4], reproduce.GRIDS, ("ddim", "dpm-solver-v2"))
+    assert [c.name for c in cells if c.sampler == "ddim"] == ["m__ddim__uniform_4", "m__ddim__adp_4"]
     assert reproduce.parse_list("dpm++, ddpm", ("ddpm", "ddim", "dpm++"), "--samplers") == ["dpm++", "ddpm"]
     with pytest.raises(UserError, match="unipc"):
         reproduce.parse_list("ddpm,unipc", ("ddpm", "ddim", "dpm++"), "--samplers")
+    with pytest.raises(UserError, match="no model"):
+        reproduce.parse_models(argparse.Namespace(base="", post="", model=[]))
 
 
 def test_table_assembly_and_speedups():
@@ -96,8 +108,19 @@ def test_reproduce_end_to_end_and_resume(tmp_path):
     # the same checkpoint decoded by the same sampler under two names gives the same text
     same = [next((out / "decode" / f"{m}__ddpm__adp_4").rglob("seed1_*.json")).read_text() for m in ("base", "again")]
     assert same[0] == same[1]
+    # DiffuSeq-v2's solver as an axis: every cell takes the evaluations it is named by, 2 included
+    result = run_script("scripts/reproduce.py", args + ["--samplers", "dpm-solver-v2", "--grids",
+                                                        "uniform,adp,time-uniform", "--steps", "4,2"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (out / "results.md").read_text()
+    for cell in ("uniform_2 | 2 |", "adp_4 | 4 |", "time-uniform_2 | 2 |", "time-uniform_4 | 4 |"):
+        assert f"| base | dpm-solver-v2 | {cell}" in table
+    settings = json.loads(next((out / "decode" / "base__dpm-solver-v2__time-uniform_2").rglob("*.meta.json"))
+                          .read_text())["settings"]["sampler"]
+    assert settings["sampler"] == "dpm-solver-v2" and settings["solver_steps"] == 2
     # bad flags are refused before anything is decoded
     for extra, fragment in ((["--samplers", "euler"], "euler"), (["--model", "noequals"], "NAME=CHECKPOINT"),
+                            (["--grids", "time-uniform"], "dpm-solver-v2"),
                             (["--model", "base=x.pt"], "taken"), (["--model", f"m={tmp_path / 'none.pt'}"], "none.pt")):
         result = run_script("scripts/reproduce.py", args + extra)
         assert_clean_error(result, fragment)

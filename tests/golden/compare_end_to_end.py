@@ -46,14 +46,16 @@ def run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
         sys.exit(f"failed ({code}): {' '.join(map(str, cmd))}; see {log}")
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, source: Path = ROOT / "datasets" / "wordnet", train_pairs: int = TRAIN_PAIRS) -> None:
+    """``work/data`` (the first ``train_pairs`` training pairs of ``source``, the first 200 of valid and
+    test), ``work/words.txt`` (DiffuSeq's word-list vocabulary: every word seen 3 times in training) and
+    ``work/bert_small`` (the encoder's BERT config)."""
     data = work / "data"
     if data.is_dir():
         return
     data.mkdir(parents=True)
     counts: collections.Counter = collections.Counter()
-    source = ROOT / "datasets" / "wordnet"
-    for split, n in (("train", TRAIN_PAIRS), ("valid", TEST_PAIRS), ("test", TEST_PAIRS)):
+    for split, n in (("train", train_pairs), ("valid", TEST_PAIRS), ("test", TEST_PAIRS)):
         lines = (source / f"{split}.jsonl").read_text().splitlines()[:n]
         (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
         if split == "train":
