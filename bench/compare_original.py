@@ -74,6 +74,39 @@ def ours(task: str, steps: int, warmup: int) -> float:
 # ------------------------------------------------------------------------------------------- the original
 
 
+def original_decode_step(diffusion, model, ids, mask, rounds: int, sync=lambda: None) -> float:
+    """Seconds per denoising step of the original's ``p_sample_loop`` with clamping (Bridge-Gap's decode; their
+    ``diffuseq`` must be the one imported) for ``model`` on ``ids`` / ``mask``: the median over ``rounds`` chains,
+    the first left out; ``sync`` waits for the device."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    import torch
+    from diffuseq.rounding import denoised_fn_round
+
+    model.eval().requires_grad_(False)
+    model_emb = torch.nn.Embedding(*model.word_embedding.weight.shape, _weight=model.word_embedding.weight.clone())
+    round_args = SimpleNamespace(clamp_skip=-1, top_k=0, top_p=0.0, tau=1.0, scale_end="")
+    times = []
+    for _ in range(rounds):
+        with torch.no_grad():
+            x_start = model.get_embeds(ids)
+            broad = mask.unsqueeze(-1).expand(x_start.shape)
+            noised = torch.where(broad == 0, x_start, torch.randn_like(x_start))
+            sync()
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                kwargs = dict(noise=noised, clip_denoised=False, model_kwargs={}, top_p=0.0, clamp_step=0,
+                              clamp_first=True, mask=broad, x_start=x_start,
+                              denoised_fn=partial(denoised_fn_round, round_args, model_emb))
+                if "ddim_signal" in diffusion.p_sample_loop.__code__.co_varnames:
+                    kwargs.update(gap=1, eta=-1.0, ddim_signal="")
+                diffusion.p_sample_loop(model, x_start.shape, **kwargs)
+            sync()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times[1:]) / diffusion.num_timesteps
+
+
 def original(task: str, repo: Path, steps: int, warmup: int) -> float:
     import numpy as np
     import torch
@@ -81,11 +114,8 @@ def original(task: str, repo: Path, steps: int, warmup: int) -> float:
     if "int" not in np.__dict__:  # their step_sample.py uses np.int, removed in numpy 1.24
         np.int = int  # type: ignore[attr-defined]
     sys.path.insert(0, str(repo))
-    from functools import partial
-    from types import SimpleNamespace
 
     from diffuseq import gaussian_diffusion as gd
-    from diffuseq.rounding import denoised_fn_round
     from diffuseq.step_sample import UniformSampler
     from diffuseq.transformer_model import TransformerNetModel
     from diffuseq.utils import dist_util, logger
@@ -111,25 +141,7 @@ def original(task: str, repo: Path, steps: int, warmup: int) -> float:
                                        rescale_timesteps=True, predict_xstart=True, learn_sigmas=False,
                                        sigma_small=False, use_kl=False, rescale_learned_sigmas=False)
     if task == "decode":
-        model.eval().requires_grad_(False)
-        model_emb = torch.nn.Embedding(c["vocab_size"], c["hidden_dim"], _weight=model.word_embedding.weight.clone())
-        round_args = SimpleNamespace(clamp_skip=-1, top_k=0, top_p=0.0, tau=1.0, scale_end="")
-        times = []
-        for _ in range(3):
-            with torch.no_grad():
-                x_start = model.get_embeds(ids)
-                broad = mask.unsqueeze(-1).expand(x_start.shape)
-                noised = torch.where(broad == 0, x_start, torch.randn_like(x_start))
-                started = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    kwargs = dict(noise=noised, clip_denoised=False, model_kwargs={}, top_p=0.0, clamp_step=0,
-                                  clamp_first=True, mask=broad, x_start=x_start,
-                                  denoised_fn=partial(denoised_fn_round, round_args, model_emb))
-                    if "ddim_signal" in diffusion.p_sample_loop.__code__.co_varnames:
-                        kwargs.update(gap=1, eta=-1.0, ddim_signal="")
-                    diffusion.p_sample_loop(model, x_start.shape, **kwargs)
-                times.append(time.perf_counter() - started)
-        return statistics.median(times[1:]) / diffusion.num_timesteps
+        return original_decode_step(diffusion, model, ids, mask, rounds=3)
     import train_util
 
     with contextlib.redirect_stdout(io.StringIO()):

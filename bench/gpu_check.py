@@ -550,8 +550,6 @@ def original_step(task: str, repo: Path, plan: Plan, device: torch.device) -> fl
     for ``plan``'s timing configuration, on ``device``."""
     import contextlib
     import io
-    from functools import partial
-    from types import SimpleNamespace
 
     import numpy as np
     from transformers import BertConfig
@@ -560,7 +558,6 @@ def original_step(task: str, repo: Path, plan: Plan, device: torch.device) -> fl
         np.int = int  # type: ignore[attr-defined]
     sys.path.insert(0, str(repo))
     from diffuseq import gaussian_diffusion as gd
-    from diffuseq.rounding import denoised_fn_round
     from diffuseq.step_sample import UniformSampler
     from diffuseq.transformer_model import TransformerNetModel
 
@@ -583,29 +580,12 @@ def original_step(task: str, repo: Path, plan: Plan, device: torch.device) -> fl
         diffusion = gd.SpacedDiffusion(use_timesteps=spacing, betas=gd.get_named_beta_schedule("sqrt", T),
                                        rescale_timesteps=True, predict_xstart=True, learn_sigmas=False,
                                        sigma_small=False, use_kl=False, rescale_learned_sigmas=False)
-    times = []
     if task == "decode":
-        model.eval().requires_grad_(False)
-        ids, mask = ids.to(device), mask.to(device)
-        model_emb = torch.nn.Embedding(size.vocab, size.hidden_dim, _weight=model.word_embedding.weight.clone())
-        round_args = SimpleNamespace(clamp_skip=-1, top_k=0, top_p=0.0, tau=1.0, scale_end="")
-        for _ in range(4):
-            with torch.no_grad():
-                x_start = model.get_embeds(ids)
-                broad = mask.unsqueeze(-1).expand(x_start.shape)
-                noised = torch.where(broad == 0, x_start, torch.randn_like(x_start))
-                sync(device)
-                started = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    kwargs = dict(noise=noised, clip_denoised=False, model_kwargs={}, top_p=0.0, clamp_step=0,
-                                  clamp_first=True, mask=broad, x_start=x_start,
-                                  denoised_fn=partial(denoised_fn_round, round_args, model_emb))
-                    if "ddim_signal" in diffusion.p_sample_loop.__code__.co_varnames:
-                        kwargs.update(gap=1, eta=-1.0, ddim_signal="")
-                    diffusion.p_sample_loop(model, x_start.shape, **kwargs)
-                sync(device)
-                times.append(time.perf_counter() - started)
-        return statistics.median(times[1:]) / diffusion.num_timesteps
+        from compare_original import original_decode_step
+
+        return original_decode_step(diffusion, model, ids.to(device), mask.to(device), rounds=4,
+                                    sync=lambda: sync(device))
+    times = []
     import train_util
     from diffuseq.utils import dist_util, logger
 

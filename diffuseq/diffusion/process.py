@@ -127,6 +127,11 @@ class GaussianDiffusion:
 
     # -- reverse steps ------------------------------------------------------
 
+    @staticmethod
+    def ddpm_log_variance_name(sigma_small: bool) -> str:
+        """The table of log variances of DDPM's noise: DiffuSeq's fixed-large one, or the (clipped) posterior's."""
+        return "posterior_log_variance_clipped" if sigma_small else "fixed_large_log_variance"
+
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, pred_x0: torch.Tensor,
                   noise: torch.Tensor, sigma_small: bool = False) -> torch.Tensor:
         """One ancestral step: the posterior mean plus noise (none at t = 0).
@@ -136,8 +141,7 @@ class GaussianDiffusion:
         are bitwise equal.
         """
         mean = self.q_posterior_mean(pred_x0, x_t, t)
-        name = "posterior_log_variance_clipped" if sigma_small else "fixed_large_log_variance"
-        log_var = self._coef(name, t, x_t.dim())
+        log_var = self._coef(self.ddpm_log_variance_name(sigma_small), t, x_t.dim())
         nonzero = (t != 0).float().reshape(t.shape + (1,) * (x_t.dim() - t.dim()))
         return mean + nonzero * torch.exp(0.5 * log_var) * noise
 

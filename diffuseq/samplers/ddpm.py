@@ -34,9 +34,7 @@ class DDPMSampler(ReverseSampler):
         whose probability is 0."""
         if index == 0:
             return sample
-        # the step's noise variance, as ``process.ddpm_step`` picks it
-        table = self.process.posterior_log_variance_clipped if self.config.sigma_small \
-            else self.process.fixed_large_log_variance
+        table = getattr(self.process, self.process.ddpm_log_variance_name(self.config.sigma_small))
         probability = torch.exp(0.5 * torch.tensor(table[index], dtype=torch.float32)) * self.config.denoise_rate
         absorbed = (noise.uniform() < probability).unsqueeze(-1)
         return torch.where(absorbed, absorbing.to(sample.dtype), sample)
