@@ -17,6 +17,12 @@ VARIANTS=${VARIANTS:-plain self_cond v2}
 export TRAIN_STEPS POST_STEPS
 TOTAL=$((TRAIN_STEPS + POST_STEPS))
 ckpt() { printf "%s/%s/%s/ema_0.995_%06d.pt" "$OUT" "$1" "$2" "$3"; }
+for variant in $VARIANTS; do  # every name checked before anything runs
+  case $variant in
+    plain|self_cond|v2|v2_self_cond) ;;
+    *) echo "VARIANTS: unknown $variant (plain, self_cond, v2, v2_self_cond)" >&2; exit 2 ;;
+  esac
+done
 MODELS=()
 for variant in $VARIANTS; do
   case $variant in
@@ -25,7 +31,6 @@ for variant in $VARIANTS; do
     v2) flags="--learned_mean_embed True --denoise True --denoise_rate 0.5"; names=(v2 v2-post) ;;
     v2_self_cond) flags="--learned_mean_embed True --denoise True --denoise_rate 0.5 --self_cond"
                   names=(v2-self-cond v2-self-cond-post) ;;
-    *) echo "VARIANTS: unknown $variant (plain, self_cond, v2, v2_self_cond)" >&2; exit 2 ;;
   esac
   if [ ! -f "$OUT/$variant/results.txt" ]; then
     rm -rf "${OUT:?}/$variant"
